@@ -1,0 +1,99 @@
+// The state a RuntimeGuard shares with its ticker and its handle.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <cstddef>
+#include <deque>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include <boost/asio/version.hpp>
+#include <processmanager/runnable.hpp>
+
+static_assert(BOOST_ASIO_VERSION >= 102400 && BOOST_ASIO_VERSION < 103200,
+              "processmanager reads asio::cancellation_state's signal (see detail/guard_state.hpp); "
+              "check that its layout is unchanged before widening this range");
+
+namespace pm::detail {
+
+/// The signal that a coroutine's cancellation state relays to the operation
+/// it is awaiting, or nullptr when the coroutine has no parent slot.
+///
+/// Why: a tick must cancel the work it races, and that work may be an
+/// awaitable<T> whose inner operations are connected to this very signal.
+/// Emitting on it directly reaches them without a co_spawn per tick (three
+/// scheduler round trips) and without marking the state as cancelled (which
+/// would make every later co_await throw). Asio keeps the pointer private;
+/// the explicit instantiation below is the standard-sanctioned way to name a
+/// private member, and the static_assert above pins the Asio versions whose
+/// layout was checked.
+asio::cancellation_signal* relay_signal_of(const asio::cancellation_state& state) noexcept;
+
+/// The cancellation types a control message emits: every type, so that any
+/// operation that supports some form of cancellation gives way.
+inline constexpr asio::cancellation_type_t control_cancellation =
+    asio::cancellation_type::terminal | asio::cancellation_type::partial | asio::cancellation_type::total;
+
+/// True when `e` holds the error Asio reports for a cancelled operation.
+bool is_operation_aborted(const std::exception_ptr& e) noexcept;
+
+/// Shared by a RuntimeGuard, its live RuntimeTicker and every copy of its
+/// handle (it *is* the handle, to spend one allocation per service).
+///
+/// Two halves: the inbox and the ticker's executor are guarded by `mu_`
+/// (control() comes from any thread); `waiting_`, `emitted_` and `own_` are
+/// touched only on the ticker's executor, which must be a strand or
+/// single-threaded (ProcessManager runs each child on its own strand).
+class GuardState final : public ProcessControlHandler, public std::enable_shared_from_this<GuardState> {
+ public:
+  explicit GuardState(std::string name) : name_(std::move(name)) {}
+
+  void control(RuntimeControlMessage msg) override;
+
+  /// Registers the live ticker; throws std::logic_error if one is alive.
+  void attach(const asio::any_io_executor& ex);
+  /// Ends "running"; later messages stay in the inbox for the next ticker.
+  void detach() noexcept;
+  bool is_running() const noexcept { return alive_.load(std::memory_order_acquire); }
+
+  /// A cheap check, on the hot path of every tick.
+  bool has_pending() const noexcept { return pending_.load(std::memory_order_acquire) != 0; }
+  /// Pops the oldest message; call only when has_pending().
+  RuntimeControlMessage take();
+
+  /// A tick is about to await work that `sig` can cancel.
+  void begin_wait(asio::cancellation_signal* sig) noexcept {
+    waiting_ = sig;
+    emitted_ = false;
+  }
+  /// The work completed; returns true if a control message cancelled it.
+  bool end_wait() noexcept {
+    waiting_ = nullptr;
+    return emitted_;
+  }
+  asio::cancellation_signal& own_signal() noexcept { return own_; }
+
+  const std::string& name() const noexcept { return name_; }
+
+ private:
+  void wake(std::uint64_t generation) noexcept;
+
+  const std::string name_;
+
+  mutable std::mutex mu_;
+  std::deque<RuntimeControlMessage> inbox_;
+  asio::any_io_executor ex_;
+  bool wake_posted_ = false;
+  std::uint64_t generation_ = 0;
+  std::atomic<std::size_t> pending_{0};
+  std::atomic<bool> alive_{false};
+
+  asio::cancellation_signal* waiting_ = nullptr;
+  bool emitted_ = false;
+  asio::cancellation_signal own_;
+};
+
+}  // namespace pm::detail

@@ -1,0 +1,95 @@
+// ProcessOperation<T>: what one RuntimeTicker::tick produced.
+#pragma once
+
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+#include <processmanager/control.hpp>
+
+namespace pm {
+
+namespace detail {
+[[noreturn]] void throw_not_next(const std::string& service, ControlKind kind);
+[[noreturn]] void throw_not_control();
+}  // namespace detail
+
+/// The outcome of one tick: either the work's result (`is_next()`) or the
+/// control message that won the race (`is_control()`). `T` may be void.
+template <class T>
+class ProcessOperation {
+ public:
+  /// Work finished first; `value` is what `co_await op` would have produced.
+  static ProcessOperation from_next(T value) {
+    ProcessOperation op;
+    op.next_.emplace(std::move(value));
+    return op;
+  }
+  /// A control message came first; `service` names the receiver in errors.
+  static ProcessOperation from_control(RuntimeControlMessage msg, std::string service = {}) {
+    ProcessOperation op;
+    op.control_.emplace(std::move(msg));
+    op.service_ = std::move(service);
+    return op;
+  }
+
+  /// True when the work completed first.
+  bool is_next() const noexcept { return next_.has_value(); }
+  /// True when a control message came first.
+  bool is_control() const noexcept { return control_.has_value(); }
+
+  /// The work's result. Throws std::logic_error on a control operation.
+  T& next() {
+    if (!next_) detail::throw_not_next(service_, control_->kind());
+    return *next_;
+  }
+  /// The work's result. Throws std::logic_error on a control operation.
+  const T& next() const {
+    if (!next_) detail::throw_not_next(service_, control_->kind());
+    return *next_;
+  }
+  /// The control message. Throws std::logic_error on a work operation.
+  const RuntimeControlMessage& control() const {
+    if (!control_) detail::throw_not_control();
+    return *control_;
+  }
+
+ private:
+  ProcessOperation() = default;
+  std::optional<T> next_;
+  std::optional<RuntimeControlMessage> control_;
+  std::string service_;
+};
+
+/// The void form: work produced no value, so there is no next().
+template <>
+class ProcessOperation<void> {
+ public:
+  /// Work finished first.
+  static ProcessOperation from_next() noexcept { return ProcessOperation(); }
+  /// A control message came first; `service` names the receiver in errors.
+  static ProcessOperation from_control(RuntimeControlMessage msg, std::string service = {}) {
+    ProcessOperation op;
+    op.control_.emplace(std::move(msg));
+    op.service_ = std::move(service);
+    return op;
+  }
+  /// True when the work completed first.
+  bool is_next() const noexcept { return !control_.has_value(); }
+  /// True when a control message came first.
+  bool is_control() const noexcept { return control_.has_value(); }
+  /// The control message. Throws std::logic_error on a work operation.
+  const RuntimeControlMessage& control() const {
+    if (!control_) detail::throw_not_control();
+    return *control_;
+  }
+
+ private:
+  ProcessOperation() = default;
+  std::optional<RuntimeControlMessage> control_;
+  std::string service_;
+};
+
+}  // namespace pm

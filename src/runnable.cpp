@@ -1,0 +1,29 @@
+#include <processmanager/runnable.hpp>
+
+#include <cxxabi.h>
+
+#include <cstdlib>
+#include <memory>
+#include <typeinfo>
+
+namespace pm {
+
+asio::awaitable<void> ProcessControlHandler::shutdown() {
+  control(RuntimeControlMessage::shutdown());
+  co_return;
+}
+
+asio::awaitable<void> ProcessControlHandler::reload() {
+  control(RuntimeControlMessage::reload());
+  co_return;
+}
+
+std::string demangle(const char* mangled) {
+  int status = 0;
+  std::unique_ptr<char, void (*)(void*)> out(abi::__cxa_demangle(mangled, nullptr, nullptr, &status), std::free);
+  return status == 0 && out ? std::string(out.get()) : std::string(mangled);
+}
+
+std::string Runnable::process_name() const { return demangle(typeid(*this).name()); }
+
+}  // namespace pm

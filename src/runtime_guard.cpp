@@ -1,0 +1,121 @@
+#include <processmanager/runtime_guard.hpp>
+
+#include <atomic>
+#include <stdexcept>
+
+namespace pm {
+namespace detail {
+
+// Names asio::cancellation_state's private relay pointer. Access checks do
+// not apply to the arguments of an explicit instantiation ([temp.spec]/6),
+// which makes this the one portable way to read it.
+struct relay_tag {};
+auto relay_member(relay_tag) noexcept;
+template <auto Member>
+struct relay_access {
+  friend auto relay_member(relay_tag) noexcept { return Member; }
+};
+template struct relay_access<&asio::cancellation_state::impl_>;
+
+asio::cancellation_signal* relay_signal_of(const asio::cancellation_state& state) noexcept {
+  auto* impl = state.*relay_member(relay_tag{});
+  return impl != nullptr ? &impl->signal_ : nullptr;
+}
+
+bool is_operation_aborted(const std::exception_ptr& e) noexcept {
+  try {
+    std::rethrow_exception(e);
+  } catch (const boost::system::system_error& err) {
+    return err.code() == asio::error::operation_aborted;
+  } catch (...) {
+    return false;
+  }
+}
+
+void throw_ticker_moved_from() { throw std::logic_error("RuntimeTicker used after it was moved from"); }
+
+void GuardState::control(RuntimeControlMessage msg) {
+  std::lock_guard lock(mu_);
+  inbox_.push_back(std::move(msg));
+  pending_.fetch_add(1, std::memory_order_release);
+  // One wake-up in flight is enough: it looks at the inbox when it runs.
+  // Posting under the lock means the executor cannot be released (by the
+  // ticker's end, and so by its io_context's teardown) in between.
+  if (ex_ && !wake_posted_) {
+    wake_posted_ = true;
+    asio::post(ex_, [self = shared_from_this(), gen = generation_] { self->wake(gen); });
+  }
+}
+
+void GuardState::wake(std::uint64_t generation) noexcept {
+  {
+    std::lock_guard lock(mu_);
+    // A wake-up meant for an earlier ticker runs on that ticker's strand,
+    // not the current one's: it must not touch the strand-local half.
+    if (generation != generation_) return;
+    wake_posted_ = false;
+  }
+  // Runs on the ticker's strand, so waiting_ cannot change under us; a tick
+  // that began before the message was queued is waiting now, and one that
+  // begins later sees the inbox first. The inbox may be empty by now: an
+  // earlier tick took the message this wake-up was posted for, and
+  // cancelling the current work for nothing would turn into a work error.
+  if (waiting_ != nullptr && !emitted_ && has_pending()) {
+    emitted_ = true;
+    waiting_->emit(control_cancellation);
+  }
+}
+
+RuntimeControlMessage GuardState::take() {
+  std::lock_guard lock(mu_);
+  RuntimeControlMessage msg = std::move(inbox_.front());
+  inbox_.pop_front();
+  pending_.fetch_sub(1, std::memory_order_release);
+  return msg;
+}
+
+void GuardState::attach(const asio::any_io_executor& ex) {
+  std::lock_guard lock(mu_);
+  if (alive_.load(std::memory_order_relaxed)) {
+    throw std::logic_error("RuntimeGuard" + (name_.empty() ? std::string() : " of service '" + name_ + "'") +
+                           ": runtime_ticker() called while another ticker of this guard is alive");
+  }
+  ex_ = ex;
+  ++generation_;
+  wake_posted_ = false;
+  alive_.store(true, std::memory_order_release);
+}
+
+void GuardState::detach() noexcept {
+  std::lock_guard lock(mu_);
+  ex_ = asio::any_io_executor();
+  ++generation_;
+  alive_.store(false, std::memory_order_release);
+  waiting_ = nullptr;
+}
+
+}  // namespace detail
+
+RuntimeGuard::RuntimeGuard() : RuntimeGuard(std::string()) {}
+
+RuntimeGuard::RuntimeGuard(std::string name) : state_(std::make_shared<detail::GuardState>(std::move(name))) {}
+
+asio::awaitable<RuntimeTicker> RuntimeGuard::runtime_ticker() {
+  auto state = state_;
+  auto ex = co_await asio::this_coro::executor;
+  state->attach(ex);
+  co_return RuntimeTicker(std::move(state));
+}
+
+asio::awaitable<RuntimeControlMessage> RuntimeTicker::next_control() {
+  detail::GuardState& s = state();
+  if (s.has_pending()) co_return s.take();
+  auto ex = co_await asio::this_coro::executor;
+  asio::steady_timer never(ex, asio::steady_timer::time_point::max());
+  for (;;) {
+    auto op = co_await tick(never.async_wait(asio::deferred));
+    if (op.is_control()) co_return op.control();
+  }
+}
+
+}  // namespace pm
