@@ -1,6 +1,7 @@
 // ProcessOperation<T>: what one RuntimeTicker::tick produced.
 #pragma once
 
+#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -14,6 +15,14 @@ namespace pm {
 namespace detail {
 [[noreturn]] void throw_not_next(const std::string& service, ControlKind kind);
 [[noreturn]] void throw_not_control();
+
+/// The control side of an operation. Kept behind one pointer so that the
+/// work side, the hot path of every tick, moves a null pointer and nothing
+/// else.
+struct ControlOutcome {
+  RuntimeControlMessage message;
+  std::string service;
+};
 }  // namespace detail
 
 /// The outcome of one tick: either the work's result (`is_next()`) or the
@@ -30,37 +39,35 @@ class ProcessOperation {
   /// A control message came first; `service` names the receiver in errors.
   static ProcessOperation from_control(RuntimeControlMessage msg, std::string service = {}) {
     ProcessOperation op;
-    op.control_.emplace(std::move(msg));
-    op.service_ = std::move(service);
+    op.control_ = std::make_unique<detail::ControlOutcome>(detail::ControlOutcome{std::move(msg), std::move(service)});
     return op;
   }
 
   /// True when the work completed first.
   bool is_next() const noexcept { return next_.has_value(); }
   /// True when a control message came first.
-  bool is_control() const noexcept { return control_.has_value(); }
+  bool is_control() const noexcept { return control_ != nullptr; }
 
   /// The work's result. Throws std::logic_error on a control operation.
   T& next() {
-    if (!next_) detail::throw_not_next(service_, control_->kind());
+    if (!next_) detail::throw_not_next(control_->service, control_->message.kind());
     return *next_;
   }
   /// The work's result. Throws std::logic_error on a control operation.
   const T& next() const {
-    if (!next_) detail::throw_not_next(service_, control_->kind());
+    if (!next_) detail::throw_not_next(control_->service, control_->message.kind());
     return *next_;
   }
   /// The control message. Throws std::logic_error on a work operation.
   const RuntimeControlMessage& control() const {
     if (!control_) detail::throw_not_control();
-    return *control_;
+    return control_->message;
   }
 
  private:
   ProcessOperation() = default;
   std::optional<T> next_;
-  std::optional<RuntimeControlMessage> control_;
-  std::string service_;
+  std::unique_ptr<detail::ControlOutcome> control_;
 };
 
 /// The void form: work produced no value, so there is no next().
@@ -72,24 +79,22 @@ class ProcessOperation<void> {
   /// A control message came first; `service` names the receiver in errors.
   static ProcessOperation from_control(RuntimeControlMessage msg, std::string service = {}) {
     ProcessOperation op;
-    op.control_.emplace(std::move(msg));
-    op.service_ = std::move(service);
+    op.control_ = std::make_unique<detail::ControlOutcome>(detail::ControlOutcome{std::move(msg), std::move(service)});
     return op;
   }
   /// True when the work completed first.
-  bool is_next() const noexcept { return !control_.has_value(); }
+  bool is_next() const noexcept { return control_ == nullptr; }
   /// True when a control message came first.
-  bool is_control() const noexcept { return control_.has_value(); }
+  bool is_control() const noexcept { return control_ != nullptr; }
   /// The control message. Throws std::logic_error on a work operation.
   const RuntimeControlMessage& control() const {
     if (!control_) detail::throw_not_control();
-    return *control_;
+    return control_->message;
   }
 
  private:
   ProcessOperation() = default;
-  std::optional<RuntimeControlMessage> control_;
-  std::string service_;
+  std::unique_ptr<detail::ControlOutcome> control_;
 };
 
 }  // namespace pm

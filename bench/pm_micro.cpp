@@ -1,0 +1,123 @@
+// Micro benchmarks: each pair runs the same loop with and without the
+// library in one binary, so their ratio holds on a noisy machine.
+#include <processmanager/processmanager.hpp>
+
+#include <benchmark/benchmark.h>
+
+#include <atomic>
+#include <thread>
+
+namespace asio = pm::asio;
+
+namespace {
+
+asio::awaitable<int> trivial() { co_return 1; }
+
+// Runs `body(state)` as a coroutine on a one-thread io_context, spawned with
+// a cancellation slot as ProcessManager spawns every child.
+template <class Body>
+void run_in_coroutine(benchmark::State& state, Body body) {
+  asio::io_context io(1);
+  asio::cancellation_signal sig;
+  asio::co_spawn(io, body(state), asio::bind_cancellation_slot(sig.slot(), asio::detached));
+  io.run();
+}
+
+void BM_RawPost(benchmark::State& state) {
+  run_in_coroutine(state, [](benchmark::State& st) -> asio::awaitable<void> {
+    auto ex = co_await asio::this_coro::executor;
+    for (auto _ : st) co_await asio::post(ex, asio::use_awaitable);
+  });
+}
+
+void BM_TickPost(benchmark::State& state) {
+  pm::RuntimeGuard guard;
+  run_in_coroutine(state, [&guard](benchmark::State& st) -> asio::awaitable<void> {
+    auto ex = co_await asio::this_coro::executor;
+    auto ticker = co_await guard.runtime_ticker();
+    for (auto _ : st) {
+      auto op = co_await ticker.tick(asio::post(ex, asio::deferred));
+      benchmark::DoNotOptimize(op.is_next());
+    }
+  });
+}
+
+void BM_RawAwaitable(benchmark::State& state) {
+  run_in_coroutine(state, [](benchmark::State& st) -> asio::awaitable<void> {
+    for (auto _ : st) benchmark::DoNotOptimize(co_await trivial());
+  });
+}
+
+void BM_TickAwaitable(benchmark::State& state) {
+  pm::RuntimeGuard guard;
+  run_in_coroutine(state, [&guard](benchmark::State& st) -> asio::awaitable<void> {
+    auto ticker = co_await guard.runtime_ticker();
+    for (auto _ : st) {
+      auto op = co_await ticker.tick(trivial());
+      benchmark::DoNotOptimize(op.next());
+    }
+  });
+}
+
+void BM_RawCrossThreadPost(benchmark::State& state) {
+  asio::io_context io(1);
+  auto work = asio::make_work_guard(io);
+  std::thread runner([&io] { io.run(); });
+  std::atomic<std::uint64_t> done{0};
+  std::uint64_t sent = 0;
+  for (auto _ : state) {
+    ++sent;
+    asio::post(io, [&done] { done.fetch_add(1, std::memory_order_release); });
+    while (done.load(std::memory_order_acquire) != sent) {
+    }
+  }
+  work.reset();
+  runner.join();
+}
+
+void BM_ControlRoundTrip(benchmark::State& state) {
+  asio::io_context io(1);
+  pm::RuntimeGuard guard;
+  std::atomic<std::uint64_t> seen{0};
+  std::atomic<bool> ready{false};
+  asio::cancellation_signal sig;
+  asio::co_spawn(io,
+                 [](pm::RuntimeGuard& g, std::atomic<std::uint64_t>& count,
+                    std::atomic<bool>& is_ready) -> asio::awaitable<void> {
+                   asio::steady_timer t(co_await asio::this_coro::executor, std::chrono::hours(1));
+                   auto ticker = co_await g.runtime_ticker();
+                   is_ready.store(true);
+                   for (;;) {
+                     auto op = co_await ticker.tick(t.async_wait(asio::deferred));
+                     if (op.is_control()) {
+                       if (op.control().is_shutdown()) co_return;
+                       count.fetch_add(1, std::memory_order_release);
+                     }
+                   }
+                 }(guard, seen, ready),
+                 asio::bind_cancellation_slot(sig.slot(), asio::detached));
+  std::thread runner([&io] { io.run(); });
+  while (!ready.load()) std::this_thread::yield();
+  auto handle = guard.handle();
+  const auto msg = pm::RuntimeControlMessage::reload();
+  std::uint64_t sent = 0;
+  for (auto _ : state) {
+    ++sent;
+    handle->control(msg);
+    while (seen.load(std::memory_order_acquire) != sent) {
+    }
+  }
+  handle->request_shutdown();
+  runner.join();
+}
+
+}  // namespace
+
+BENCHMARK(BM_RawPost);
+BENCHMARK(BM_TickPost);
+BENCHMARK(BM_RawAwaitable);
+BENCHMARK(BM_TickAwaitable);
+BENCHMARK(BM_RawCrossThreadPost)->UseRealTime();
+BENCHMARK(BM_ControlRoundTrip)->UseRealTime();
+
+BENCHMARK_MAIN();
