@@ -41,7 +41,9 @@ int main() {
     }
     handle->control(pm::RuntimeControlMessage::custom(std::string("bye")));
     handle->request_shutdown();
-    while (!(co_await ctx.next_control()).is_shutdown()) {
+    for (;;) {
+      auto msg = co_await ctx.next_control();
+      if (msg.is_shutdown()) break;
     }
   }));
 

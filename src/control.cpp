@@ -28,6 +28,10 @@ void throw_not_next(const std::string& service, ControlKind kind) {
   throw std::logic_error(what);
 }
 
+void throw_empty_operation() {
+  throw std::logic_error("ProcessOperation: the operation is empty (default-constructed); it holds neither work nor control");
+}
+
 void throw_not_control() {
   throw std::logic_error(
       "ProcessOperation::control(): the tick returned the work's result, not a control message; "

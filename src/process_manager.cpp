@@ -102,16 +102,15 @@ struct ChildNode : std::enable_shared_from_this<ChildNode> {
   bool forced = false;
 };
 
-/// The manager's shared state; it is also the manager's handle, so that a
-/// handle outlives neither more nor less than it needs to.
-class ManagerCore final : public ProcessControlHandler, public std::enable_shared_from_this<ManagerCore> {
+/// The manager's shared state: its children, its current run, the messages
+/// sent while it is not running.
+class ManagerCore final : public std::enable_shared_from_this<ManagerCore> {
  public:
   ManagerCore(std::string name_, std::chrono::nanoseconds grace_, std::chrono::nanoseconds abandon_, bool cleanup)
       : name(std::move(name_)), grace(grace_), abandon(abandon_), auto_cleanup(cleanup) {}
 
-  void control(RuntimeControlMessage msg) override;
-  asio::awaitable<void> shutdown() override;
-  asio::awaitable<void> reload() override;
+  void control(RuntimeControlMessage msg);
+  asio::awaitable<void> shutdown();
 
   const std::string name;
   const std::chrono::nanoseconds grace;
@@ -123,6 +122,31 @@ class ManagerCore final : public ProcessControlHandler, public std::enable_share
   std::weak_ptr<ManagerRun> current;
   std::deque<RuntimeControlMessage> pending;  // sent while not running
   std::size_t finished_kept = 0;             // finished children kept (auto_cleanup off)
+};
+
+/// The manager's handle. It refers to the core weakly: a child that keeps
+/// its own manager's handle (to stop the tree, say) must not keep the
+/// manager, and so itself, alive forever. Once the manager is gone the
+/// handle does nothing.
+class ManagerHandle final : public ProcessControlHandler {
+ public:
+  explicit ManagerHandle(const std::shared_ptr<ManagerCore>& core) : core_(core) {}
+  void control(RuntimeControlMessage msg) override {
+    if (auto core = core_.lock()) core->control(std::move(msg));
+  }
+  asio::awaitable<void> shutdown() override {
+    auto core = core_.lock();
+    if (core) co_await core->shutdown();
+  }
+  asio::awaitable<void> reload() override {
+    // control() reaches every running service of the subtree synchronously
+    // (each child's inbox, recursively), so the broadcast is complete here.
+    control(RuntimeControlMessage::reload());
+    co_return;
+  }
+
+ private:
+  std::weak_ptr<ManagerCore> core_;
 };
 
 /// One execution of process_start(). Shared by its frame and its children,
@@ -489,8 +513,9 @@ void ManagerCore::control(RuntimeControlMessage msg) {
 asio::awaitable<void> ManagerCore::shutdown() {
   auto self = shared_from_this();
   control(RuntimeControlMessage::shutdown());
-  co_await asio::async_initiate<const asio::use_awaitable_t<>&, void()>(
-      [self](auto handler) {
+  // Named, not a temporary of the co_await expression: GCC 12 destroys such
+  // temporaries twice when they span the suspension (STYLE.md).
+  auto wait_stopped = [self](auto handler) {
         std::shared_ptr<ManagerRun> run;
         {
           std::lock_guard lock(self->mu);
@@ -503,23 +528,17 @@ asio::awaitable<void> ManagerCore::shutdown() {
         }
         asio::any_io_executor hex = asio::get_associated_executor(handler);
         asio::post(hex, std::move(handler));
-      },
-      asio::use_awaitable);
-}
-
-asio::awaitable<void> ManagerCore::reload() {
-  // control() reaches every running service of the subtree synchronously
-  // (each child's inbox, recursively), so the broadcast is complete here.
-  control(RuntimeControlMessage::reload());
-  co_return;
+  };
+  co_await asio::async_initiate<const asio::use_awaitable_t<>&, void()>(std::move(wait_stopped), asio::use_awaitable);
 }
 
 }  // namespace detail
 
 ProcessManager::ProcessManager()
-    : core_(std::make_shared<detail::ManagerCore>(default_name(), default_grace, default_abandon, true)) {}
+    : ProcessManager(std::make_shared<detail::ManagerCore>(default_name(), default_grace, default_abandon, true)) {}
 
-ProcessManager::ProcessManager(std::shared_ptr<detail::ManagerCore> core) : core_(std::move(core)) {}
+ProcessManager::ProcessManager(std::shared_ptr<detail::ManagerCore> core)
+    : core_(std::move(core)), handle_(std::make_shared<detail::ManagerHandle>(core_)) {}
 
 ProcessManager::~ProcessManager() = default;
 
@@ -551,7 +570,7 @@ asio::awaitable<void> ProcessManager::process_start() { return detail::run_manag
 
 std::string ProcessManager::process_name() const { return core_->name; }
 
-std::shared_ptr<ProcessControlHandler> ProcessManager::process_handle() { return core_; }
+std::shared_ptr<ProcessControlHandler> ProcessManager::process_handle() { return handle_; }
 
 std::chrono::nanoseconds ProcessManager::shutdown_grace_period() const { return core_->grace; }
 

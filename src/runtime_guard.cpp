@@ -113,7 +113,8 @@ asio::awaitable<RuntimeControlMessage> RuntimeTicker::next_control() {
   auto ex = co_await asio::this_coro::executor;
   asio::steady_timer never(ex, asio::steady_timer::time_point::max());
   for (;;) {
-    auto op = co_await tick(never.async_wait(asio::deferred));
+    auto wait = never.async_wait(asio::deferred);
+    auto op = co_await tick(std::move(wait));
     if (op.is_control()) co_return op.control();
   }
 }

@@ -40,7 +40,8 @@ TEST(context, a_lambda_service_ticks_and_its_captures_outlive_every_run) {
 TEST(context, next_control_waits_for_control_only) {
   auto svc = pm::make_runnable("waiter", [](RuntimeContext& ctx) -> asio::awaitable<void> {
     auto h = ctx.handle();
-    asio::post(co_await asio::this_coro::executor, [h] { h->control(pm::RuntimeControlMessage::custom(5)); });
+    auto ex = co_await asio::this_coro::executor;
+    asio::post(ex, [h] { h->control(pm::RuntimeControlMessage::custom(5)); });
     auto msg = co_await ctx.next_control();
     if (msg.custom_if<int>() == nullptr || *msg.custom_if<int>() != 5) throw std::runtime_error("wrong message");
   });

@@ -36,6 +36,12 @@ TEST(control, copies_share_one_immutable_payload) {
   EXPECT_EQ(b.custom_if<std::vector<int>>()->size(), 3u);
 }
 
+TEST(control, a_default_message_is_shutdown) {
+  RuntimeControlMessage m;
+  EXPECT_TRUE(m.is_shutdown());
+  EXPECT_EQ(m.custom_if<int>(), nullptr);
+}
+
 TEST(control, kinds_have_readable_names) {
   EXPECT_EQ(pm::to_string(ControlKind::shutdown), "shutdown");
   EXPECT_EQ(pm::to_string(ControlKind::reload), "reload");

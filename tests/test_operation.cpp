@@ -44,4 +44,13 @@ TEST(operation, void_operation_holds_control) {
   EXPECT_TRUE(op.control().is_shutdown());
 }
 
+TEST(operation, a_default_operation_is_empty_and_says_so) {
+  ProcessOperation<int> op;
+  EXPECT_FALSE(op.is_next());
+  EXPECT_FALSE(op.is_control());
+  EXPECT_THROW((void)op.next(), std::logic_error);
+  EXPECT_THROW((void)op.control(), std::logic_error);
+  EXPECT_TRUE(ProcessOperation<void>().is_next());
+}
+
 }  // namespace

@@ -77,7 +77,8 @@ TEST(process_manager, shutdown_reaches_every_child_and_completes_once_all_stoppe
   asio::co_spawn(io, when([&] { return all_started(a, b); }, [&] {
                    asio::co_spawn(io, [](std::shared_ptr<ProcessManager> mgr, std::shared_ptr<IdleService> x,
                                          std::shared_ptr<IdleService> y, bool* ok) -> asio::awaitable<void> {
-                     co_await mgr->process_handle()->shutdown();
+                     auto handle = mgr->process_handle();
+                     co_await handle->shutdown();
                      *ok = x->stopped == 1 && y->stopped == 1;
                    }(m, a, b, &all_stopped_when_returned), asio::detached);
                  }),
@@ -488,6 +489,40 @@ TEST(process_manager, terminal_cancellation_of_the_manager_cancels_every_child_a
   EXPECT_TRUE(done);
   EXPECT_EQ(a->stopped, 0);
   EXPECT_EQ(b->stopped, 0);
+}
+
+TEST(process_manager, a_child_holding_its_own_managers_handle_does_not_keep_the_tree_alive) {
+  std::weak_ptr<ProcessManager> weak_manager;
+  std::weak_ptr<pm::Runnable> weak_child;
+  {
+    auto m = ProcessManagerBuilder().name("self-stopping").build();
+    auto handle = m->process_handle();
+    auto child = pm::make_runnable("stopper", [handle](pm::RuntimeContext& ctx) -> asio::awaitable<void> {
+      handle->request_shutdown();  // stops its own tree, this child included
+      auto msg = co_await ctx.next_control();
+      if (!msg.is_shutdown()) throw std::runtime_error("expected shutdown");
+    });
+    m->insert(child);
+    weak_manager = m;
+    weak_child = child;
+    asio::io_context io;
+    EXPECT_EQ(run_manager(io, m), nullptr);
+  }
+  EXPECT_TRUE(weak_manager.expired());
+  EXPECT_TRUE(weak_child.expired());
+}
+
+TEST(process_manager, a_handle_outliving_its_manager_does_nothing) {
+  std::shared_ptr<pm::ProcessControlHandler> handle;
+  {
+    auto m = ProcessManagerBuilder().build();
+    handle = m->process_handle();
+  }
+  handle->request_reload();
+  run_coro([](std::shared_ptr<pm::ProcessControlHandler> h) -> asio::awaitable<void> {
+    co_await h->shutdown();  // completes at once: nothing left to stop
+    co_await h->reload();
+  }(handle));
 }
 
 }  // namespace

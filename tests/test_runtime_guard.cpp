@@ -25,7 +25,8 @@ asio::awaitable<int> wait_then(std::chrono::milliseconds d, int v) {
 }
 
 asio::awaitable<void> throw_in_awaitable() {
-  co_await asio::post(co_await asio::this_coro::executor, asio::use_awaitable);
+  auto ex = co_await asio::this_coro::executor;
+  co_await asio::post(ex, asio::use_awaitable);
   throw std::runtime_error("work failed");
 }
 
@@ -36,9 +37,10 @@ TEST(runtime_guard, messages_sent_before_the_ticker_are_delivered_first_in_order
   guard.handle()->request_shutdown();
   auto kinds = run_coro([](RuntimeGuard* g) -> asio::awaitable<std::vector<pm::ControlKind>> {
     std::vector<pm::ControlKind> out;
+    auto ex = co_await asio::this_coro::executor;
     auto ticker = co_await g->runtime_ticker();
     for (;;) {
-      auto op = co_await ticker.tick(asio::post(co_await asio::this_coro::executor, asio::deferred));
+      auto op = co_await ticker.tick(asio::post(ex, asio::deferred));
       if (op.is_next()) continue;
       out.push_back(op.control().kind());
       if (op.control().is_shutdown()) break;
@@ -89,11 +91,12 @@ TEST(runtime_guard, a_control_message_cancels_a_waiting_awaitable) {
   auto handle = guard.handle();
   auto got = run_coro([](RuntimeGuard* g, std::shared_ptr<pm::ProcessControlHandler> h)
                           -> asio::awaitable<bool> {
+    auto ex = co_await asio::this_coro::executor;
     auto ticker = co_await g->runtime_ticker();
-    asio::post(co_await asio::this_coro::executor, [h] { h->request_reload(); });
+    asio::post(ex, [h] { h->request_reload(); });
     auto op = co_await ticker.tick(wait_then(std::chrono::hours(1), 1));
     // The coroutine itself is not left cancelled: it can keep awaiting.
-    co_await asio::post(co_await asio::this_coro::executor, asio::use_awaitable);
+    co_await asio::post(ex, asio::use_awaitable);
     co_return op.is_control() && op.control().is_reload();
   }(&guard, handle));
   EXPECT_TRUE(got);
@@ -110,8 +113,9 @@ TEST(runtime_guard, work_errors_throw_as_use_awaitable_would) {
   try {
     run_coro([](RuntimeGuard* g) -> asio::awaitable<void> {
       auto ticker = co_await g->runtime_ticker();
-      asio::steady_timer t(co_await asio::this_coro::executor, std::chrono::hours(1));
-      asio::post(co_await asio::this_coro::executor, [&t] { t.cancel(); });
+      auto ex = co_await asio::this_coro::executor;
+      asio::steady_timer t(ex, std::chrono::hours(1));
+      asio::post(ex, [&t] { t.cancel(); });
       co_await ticker.tick(t.async_wait(asio::deferred));
     }(&guard));
     FAIL() << "no throw";
@@ -257,12 +261,13 @@ TEST(runtime_guard, a_handle_outliving_its_io_context_is_harmless) {
 TEST(runtime_guard, a_moved_from_ticker_throws_logic_error) {
   RuntimeGuard guard;
   run_coro([](RuntimeGuard* g) -> asio::awaitable<void> {
+    auto ex = co_await asio::this_coro::executor;
     auto a = co_await g->runtime_ticker();
     auto b = std::move(a);
     bool threw = false;
     try {
       // NOLINTNEXTLINE(bugprone-use-after-move): the misuse is the point
-      co_await a.tick(asio::post(co_await asio::this_coro::executor, asio::deferred));
+      co_await a.tick(asio::post(ex, asio::deferred));
     } catch (const std::logic_error&) {
       threw = true;
     }

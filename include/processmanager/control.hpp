@@ -23,6 +23,9 @@ std::string_view to_string(ControlKind kind) noexcept;
 /// type. A value type; copies share a custom payload, which is immutable.
 class RuntimeControlMessage {
  public:
+  /// A shutdown message: the value a default slot holds (co_spawn and
+  /// use_future need one); an unknown message errs on the side of stopping.
+  RuntimeControlMessage() noexcept : kind_(ControlKind::shutdown) {}
   /// Ask the service to stop gracefully.
   static RuntimeControlMessage shutdown() noexcept { return RuntimeControlMessage(ControlKind::shutdown); }
   /// Ask the service to reload its configuration.

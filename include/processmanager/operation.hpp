@@ -14,6 +14,7 @@ namespace pm {
 
 namespace detail {
 [[noreturn]] void throw_not_next(const std::string& service, ControlKind kind);
+[[noreturn]] void throw_empty_operation();
 [[noreturn]] void throw_not_control();
 
 /// The control side of an operation. Kept behind one pointer so that the
@@ -30,6 +31,9 @@ struct ControlOutcome {
 template <class T>
 class ProcessOperation {
  public:
+  /// An empty operation, neither next nor control (a default slot for
+  /// co_spawn and use_future); both accessors throw std::logic_error.
+  ProcessOperation() = default;
   /// Work finished first; `value` is what `co_await op` would have produced.
   static ProcessOperation from_next(T value) {
     ProcessOperation op;
@@ -50,12 +54,12 @@ class ProcessOperation {
 
   /// The work's result. Throws std::logic_error on a control operation.
   T& next() {
-    if (!next_) detail::throw_not_next(control_->service, control_->message.kind());
+    if (!next_) not_next();
     return *next_;
   }
   /// The work's result. Throws std::logic_error on a control operation.
   const T& next() const {
-    if (!next_) detail::throw_not_next(control_->service, control_->message.kind());
+    if (!next_) not_next();
     return *next_;
   }
   /// The control message. Throws std::logic_error on a work operation.
@@ -65,7 +69,10 @@ class ProcessOperation {
   }
 
  private:
-  ProcessOperation() = default;
+  [[noreturn]] void not_next() const {
+    if (!control_) detail::throw_empty_operation();
+    detail::throw_not_next(control_->service, control_->message.kind());
+  }
   std::optional<T> next_;
   std::unique_ptr<detail::ControlOutcome> control_;
 };
@@ -74,6 +81,8 @@ class ProcessOperation {
 template <>
 class ProcessOperation<void> {
  public:
+  /// Work finished (the default: a void operation without a message).
+  ProcessOperation() = default;
   /// Work finished first.
   static ProcessOperation from_next() noexcept { return ProcessOperation(); }
   /// A control message came first; `service` names the receiver in errors.
@@ -93,7 +102,6 @@ class ProcessOperation<void> {
   }
 
  private:
-  ProcessOperation() = default;
   std::unique_ptr<detail::ControlOutcome> control_;
 };
 

@@ -15,7 +15,8 @@ namespace pm {
 
 namespace detail {
 class ManagerCore;
-}
+class ManagerHandle;
+}  // namespace detail
 
 /// One child's failure.
 struct Failure {
@@ -75,7 +76,9 @@ class ProcessManager : public Runnable {
   asio::awaitable<void> process_start() override;
   std::string process_name() const override;
   /// The manager's handle: control reaches every child; shutdown() completes
-  /// once the whole subtree has stopped.
+  /// once the whole subtree has stopped. It does not keep the manager alive
+  /// (a child may hold its own manager's handle without a cycle); once the
+  /// manager is gone it does nothing.
   std::shared_ptr<ProcessControlHandler> process_handle() override;
 
   /// How long shutdown waits for children before cancelling them.
@@ -96,6 +99,7 @@ class ProcessManager : public Runnable {
   friend class ProcessManagerBuilder;
   explicit ProcessManager(std::shared_ptr<detail::ManagerCore> core);
   std::shared_ptr<detail::ManagerCore> core_;
+  std::shared_ptr<detail::ManagerHandle> handle_;
 };
 
 /// Configures and builds a ProcessManager.
