@@ -335,9 +335,14 @@ void start_child(const std::shared_ptr<ManagerRun>& run, const std::shared_ptr<R
     run->link(*node);
     stop_now = run->stopping;
   }
-  // Kept in the child's inbox and delivered to its first tick.
-  for (const auto& msg : initial) handle->control(msg);
-  if (stop_now) handle->request_shutdown();
+  // Kept in the child's inbox and delivered to its first tick. A shutdown
+  // among them is the one this child gets: it must not get a second.
+  bool told_to_stop = false;
+  for (const auto& msg : initial) {
+    told_to_stop = told_to_stop || msg.is_shutdown();
+    handle->control(msg);
+  }
+  if (stop_now && !told_to_stop) handle->request_shutdown();
 
   asio::awaitable<void> body;
   try {
@@ -397,14 +402,18 @@ asio::awaitable<void> run_manager(std::shared_ptr<ManagerCore> core) {
     core->current = run;
     run->timer = &timer;
     children = core->inserted;
-    initial.swap(core->pending);
     core->finished_kept = 0;
-    for (const auto& msg : initial) {
-      if (msg.is_shutdown() && !run->stopping) {
+    // Kept messages go to every child before it starts; only the first
+    // shutdown among them, as when running.
+    for (auto& msg : core->pending) {
+      if (msg.is_shutdown()) {
+        if (run->stopping) continue;
         run->stopping = true;
         run->stop_at = clock::now();
       }
+      initial.push_back(std::move(msg));
     }
+    core->pending.clear();
   }
   // Whatever way the frame ends (return, throw, teardown), the loop's timer
   // is no longer reachable through the run.
@@ -500,7 +509,9 @@ void ManagerCore::control(RuntimeControlMessage msg) {
       pending.push_back(std::move(msg));
       return;
     }
-    if (msg.is_shutdown() && !run->stopping) {
+    if (msg.is_shutdown()) {
+      // A manager asks each child to stop once: a second shutdown (a second
+      // signal, a parent's stop after a failure here) changes nothing.
       targets = run->begin_stop();
     } else {
       targets.reserve(run->live);

@@ -525,4 +525,29 @@ TEST(process_manager, a_handle_outliving_its_manager_does_nothing) {
   }(handle));
 }
 
+TEST(process_manager, a_second_shutdown_is_not_passed_on) {
+  asio::io_context io;
+  auto stubborn = std::make_shared<IdleService>("stubborn", true);
+  auto m = ProcessManagerBuilder().shutdown_grace_period(50ms).pre_insert(stubborn).build();
+  asio::co_spawn(io, when([&] { return all_started(stubborn); }, [&] {
+                   m->process_handle()->request_shutdown();
+                   m->process_handle()->request_shutdown();
+                 }),
+                 asio::detached);
+  EXPECT_EQ(run_manager(io, m), nullptr);
+  EXPECT_EQ(stubborn->shutdowns, 1);
+}
+
+// Regression (found by the stress test): a nested manager told to stop
+// before it started passed the shutdown on twice, once from its kept
+// messages and once because it started in the stopping state.
+TEST(process_manager, a_manager_stopped_before_it_starts_tells_each_child_once) {
+  asio::io_context io;
+  auto stubborn = std::make_shared<IdleService>("stubborn", true);
+  auto inner = ProcessManagerBuilder().name("inner").shutdown_grace_period(50ms).pre_insert(stubborn).build();
+  inner->process_handle()->request_shutdown();
+  EXPECT_EQ(run_manager(io, inner), nullptr);
+  EXPECT_EQ(stubborn->shutdowns, 1);
+}
+
 }  // namespace
