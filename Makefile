@@ -2,12 +2,19 @@
 #   make demo   build and run the seed example for a few seconds (Ctrl-C stops it early)
 #   make test   build everything and run the whole test suite
 #   make bench  Release build, run the micro benchmarks
+#   make asan / make tsan      the whole suite under AddressSanitizer+UBSan / ThreadSanitizer
+#   make tidy / make format-check   clang-tidy on src/ and include/, clang-format check
+#   make stress / make soak    the long runs of the stress test and of the soak
 BUILD    ?= build
 BUILD_REL ?= build-release
 JOBS     ?= $(shell nproc)
 DEMO_FOR ?= 5s
 
-.PHONY: all deps configure build test demo bench clean
+.PHONY: all deps configure build test demo bench clean asan tsan tidy format format-check stress soak
+
+STRESS_RUNS ?= 1000
+SOAK_CYCLES ?= 10000
+SOURCES := $(shell git ls-files '*.cpp' '*.hpp' 2>/dev/null)
 
 all: build
 
@@ -35,5 +42,37 @@ bench: deps $(BUILD_REL)/build.ninja
 	cmake --build $(BUILD_REL) -j $(JOBS) --target pm_micro
 	./$(BUILD_REL)/bench/pm_micro --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
 
+# A sanitizer report fails the test that printed it, and so the run.
+asan: deps
+	cmake --preset asan
+	cmake --build build-asan -j $(JOBS)
+	cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  ctest --output-on-failure -j $(JOBS)
+
+tsan: deps
+	cmake --preset tsan
+	cmake --build build-tsan -j $(JOBS)
+	cd build-tsan && TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 ctest --output-on-failure -j $(JOBS)
+
+tidy: deps
+	cmake -S . -B build-tidy -G Ninja -DCMAKE_EXPORT_COMPILE_COMMANDS=ON -DPM_BUILD_TESTS=OFF \
+	  -DPM_BUILD_EXAMPLES=OFF -DPM_BUILD_BENCH=OFF >/dev/null
+	run-clang-tidy -quiet -p build-tidy -j $(JOBS) '$(CURDIR)/src/.*' >build-tidy/tidy.log 2>&1 \
+	  || { grep -E 'warning|error' build-tidy/tidy.log | head -50; exit 1; }
+	@echo "clang-tidy: no findings"
+
+format:
+	clang-format -i $(SOURCES)
+
+format-check:
+	clang-format --dry-run --Werror $(SOURCES)
+	@echo "clang-format: clean"
+
+stress: build
+	PM_STRESS_RUNS=$(STRESS_RUNS) PM_LOG=off ./$(BUILD)/tests/pm_tests --gtest_filter='stress.*'
+
+soak: build
+	./$(BUILD)/tests/pm_soak --cycles $(SOAK_CYCLES) --services 100
+
 clean:
-	rm -rf $(BUILD) $(BUILD_REL)
+	rm -rf $(BUILD) $(BUILD_REL) build-asan build-tsan build-tidy

@@ -81,21 +81,21 @@ void BM_ControlRoundTrip(benchmark::State& state) {
   std::atomic<std::uint64_t> seen{0};
   std::atomic<bool> ready{false};
   asio::cancellation_signal sig;
-  asio::co_spawn(io,
-                 [](pm::RuntimeGuard& g, std::atomic<std::uint64_t>& count,
-                    std::atomic<bool>& is_ready) -> asio::awaitable<void> {
-                   asio::steady_timer t(co_await asio::this_coro::executor, std::chrono::hours(1));
-                   auto ticker = co_await g.runtime_ticker();
-                   is_ready.store(true);
-                   for (;;) {
-                     auto op = co_await ticker.tick(t.async_wait(asio::deferred));
-                     if (op.is_control()) {
-                       if (op.control().is_shutdown()) co_return;
-                       count.fetch_add(1, std::memory_order_release);
-                     }
-                   }
-                 }(guard, seen, ready),
-                 asio::bind_cancellation_slot(sig.slot(), asio::detached));
+  asio::co_spawn(
+      io,
+      [](pm::RuntimeGuard& g, std::atomic<std::uint64_t>& count, std::atomic<bool>& is_ready) -> asio::awaitable<void> {
+        asio::steady_timer t(co_await asio::this_coro::executor, std::chrono::hours(1));
+        auto ticker = co_await g.runtime_ticker();
+        is_ready.store(true);
+        for (;;) {
+          auto op = co_await ticker.tick(t.async_wait(asio::deferred));
+          if (op.is_control()) {
+            if (op.control().is_shutdown()) co_return;
+            count.fetch_add(1, std::memory_order_release);
+          }
+        }
+      }(guard, seen, ready),
+      asio::bind_cancellation_slot(sig.slot(), asio::detached));
   std::thread runner([&io] { io.run(); });
   while (!ready.load()) std::this_thread::yield();
   auto handle = guard.handle();

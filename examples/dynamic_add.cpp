@@ -16,16 +16,17 @@ namespace {
 // A short-lived job: a few timed steps, then it is done (a normal return
 // ends only this child).
 std::shared_ptr<pm::Runnable> job(int id, std::atomic<int>& finished) {
-  return pm::make_runnable("job-" + std::to_string(id), [id, &finished](pm::RuntimeContext& ctx) -> asio::awaitable<void> {
-    asio::steady_timer step(co_await asio::this_coro::executor);
-    for (int i = 0; i < 3; ++i) {
-      step.expires_after(20ms);
-      auto op = co_await ctx.tick(step.async_wait(asio::deferred));
-      if (op.is_control() && op.control().is_shutdown()) co_return;
-    }
-    std::printf("job-%d done\n", id);
-    finished.fetch_add(1);
-  });
+  return pm::make_runnable("job-" + std::to_string(id),
+                           [id, &finished](pm::RuntimeContext& ctx) -> asio::awaitable<void> {
+                             asio::steady_timer step(co_await asio::this_coro::executor);
+                             for (int i = 0; i < 3; ++i) {
+                               step.expires_after(20ms);
+                               auto op = co_await ctx.tick(step.async_wait(asio::deferred));
+                               if (op.is_control() && op.control().is_shutdown()) co_return;
+                             }
+                             std::printf("job-%d done\n", id);
+                             finished.fetch_add(1);
+                           });
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <string>
 
+// clang-format off: verbatim from API.md
 struct ExampleController : pm::Runnable {
   pm::RuntimeGuard runtime_guard;
 
@@ -18,15 +19,20 @@ struct ExampleController : pm::Runnable {
     for (;;) {
       interval.expires_after(std::chrono::seconds(1));
       auto op = co_await ticker.tick(interval.async_wait(pm::asio::deferred));
-      if (op.is_next()) { std::puts("work"); continue; }
-      if (op.control().is_shutdown()) { std::puts("shutdown"); break; }
+      if (op.is_next()) {
+        std::puts("work");
+        continue;
+      }
+      if (op.control().is_shutdown()) {
+        std::puts("shutdown");
+        break;
+      }
       if (op.control().is_reload()) std::puts("trigger reload");
     }
   }
-  std::shared_ptr<pm::ProcessControlHandler> process_handle() override {
-    return runtime_guard.handle();
-  }
+  std::shared_ptr<pm::ProcessControlHandler> process_handle() override { return runtime_guard.handle(); }
 };
+// clang-format on
 
 namespace {
 
@@ -57,10 +63,7 @@ std::shared_ptr<pm::Runnable> stop_after(std::chrono::milliseconds after,
 
 int main(int argc, char** argv) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
-  auto manager = pm::ProcessManagerBuilder()
-                     .name("seed")
-                     .pre_insert(std::make_shared<ExampleController>())
-                     .build();
+  auto manager = pm::ProcessManagerBuilder().name("seed").pre_insert(std::make_shared<ExampleController>()).build();
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--for" && i + 1 < argc) {

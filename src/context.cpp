@@ -41,8 +41,7 @@ class LambdaRunnable final : public Runnable {
 
 }  // namespace
 
-std::shared_ptr<Runnable> make_runnable(std::string name,
-                                        std::function<asio::awaitable<void>(RuntimeContext&)> body) {
+std::shared_ptr<Runnable> make_runnable(std::string name, std::function<asio::awaitable<void>(RuntimeContext&)> body) {
   if (!body) throw std::invalid_argument("make_runnable('" + name + "'): the body is empty");
   return std::make_shared<LambdaRunnable>(std::move(name), std::move(body));
 }

@@ -29,7 +29,8 @@ void throw_not_next(const std::string& service, ControlKind kind) {
 }
 
 void throw_empty_operation() {
-  throw std::logic_error("ProcessOperation: the operation is empty (default-constructed); it holds neither work nor control");
+  throw std::logic_error(
+      "ProcessOperation: the operation is empty (default-constructed); it holds neither work nor control");
 }
 
 void throw_not_control() {

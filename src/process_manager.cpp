@@ -121,7 +121,7 @@ class ManagerCore final : public std::enable_shared_from_this<ManagerCore> {
   std::vector<std::shared_ptr<Runnable>> inserted;
   std::weak_ptr<ManagerRun> current;
   std::deque<RuntimeControlMessage> pending;  // sent while not running
-  std::size_t finished_kept = 0;             // finished children kept (auto_cleanup off)
+  std::size_t finished_kept = 0;              // finished children kept (auto_cleanup off)
 };
 
 /// The manager's handle. It refers to the core weakly: a child that keeps
@@ -316,7 +316,7 @@ struct ChildDone {
   }
 };
 
-void start_child(const std::shared_ptr<ManagerRun>& run, const std::shared_ptr<Runnable>& child,
+void start_child(const std::shared_ptr<ManagerRun>& run, std::shared_ptr<Runnable> child,
                  const std::deque<RuntimeControlMessage>& initial) {
   ManagerCore& core = *run->core;
   std::shared_ptr<ProcessControlHandler> handle = child->process_handle();
@@ -324,7 +324,7 @@ void start_child(const std::shared_ptr<ManagerRun>& run, const std::shared_ptr<R
     throw std::invalid_argument("ProcessManager '" + core.name + "': child '" + child->process_name() +
                                 "' returned a null process_handle()");
   }
-  auto node = std::make_shared<ChildNode>(child, handle, strand_of(run->base), run);
+  auto node = std::make_shared<ChildNode>(std::move(child), handle, strand_of(run->base), run);
   bool stop_now = false;
   {
     std::lock_guard lock(core.mu);
@@ -346,7 +346,7 @@ void start_child(const std::shared_ptr<ManagerRun>& run, const std::shared_ptr<R
 
   asio::awaitable<void> body;
   try {
-    body = child->process_start();
+    body = node->runnable->process_start();
   } catch (...) {
     // A process_start() that throws before returning its coroutine fails
     // like one that throws inside it.
@@ -462,15 +462,16 @@ asio::awaitable<void> run_manager(std::shared_ptr<ManagerCore> core) {
     {
       std::lock_guard lock(core->mu);
       const auto now = clock::now();
-      if (parent_cancelled && !run->forcing) {
+      // Our parent cancelled us, or the grace period is over: cancel every
+      // child at once. The abandon bound is over: stop waiting for them.
+      const bool grace_over = !ec && run->stopping && now >= run->stop_at + core->grace;
+      if (!run->forcing && (parent_cancelled || grace_over)) {
         to_force = run->begin_force();
       } else if (!ec && run->forcing && now >= run->force_at + core->abandon) {
         give_up = true;
+        run->accepting = false;
         for (ChildNode* n = run->head; n != nullptr; n = n->next) abandoned_runnables.push_back(n->runnable);
-      } else if (!ec && run->stopping && !run->forcing && now >= run->stop_at + core->grace) {
-        to_force = run->begin_force();
       }
-      if (give_up) run->accepting = false;
     }
     force(to_force);
     if (give_up) break;
@@ -527,18 +528,18 @@ asio::awaitable<void> ManagerCore::shutdown() {
   // Named, not a temporary of the co_await expression: GCC 12 destroys such
   // temporaries twice when they span the suspension (STYLE.md).
   auto wait_stopped = [self](auto handler) {
-        std::shared_ptr<ManagerRun> run;
-        {
-          std::lock_guard lock(self->mu);
-          run = self->current.lock();
-          if (run && run->accepting) {
-            asio::any_io_executor hex = asio::get_associated_executor(handler);
-            run->stopped_waiters.emplace_back(std::move(hex), std::move(handler));
-            return;
-          }
-        }
+    std::shared_ptr<ManagerRun> run;
+    {
+      std::lock_guard lock(self->mu);
+      run = self->current.lock();
+      if (run && run->accepting) {
         asio::any_io_executor hex = asio::get_associated_executor(handler);
-        asio::post(hex, std::move(handler));
+        run->stopped_waiters.emplace_back(std::move(hex), std::move(handler));
+        return;
+      }
+    }
+    asio::any_io_executor hex = asio::get_associated_executor(handler);
+    asio::post(hex, std::move(handler));
   };
   co_await asio::async_initiate<const asio::use_awaitable_t<>&, void()>(std::move(wait_stopped), asio::use_awaitable);
 }
@@ -574,7 +575,7 @@ void ProcessManager::add(std::shared_ptr<Runnable> child) {
                              "': add() while the manager is not running; use insert() before start");
     }
   }
-  detail::start_child(run, child, {});
+  detail::start_child(run, std::move(child), {});
 }
 
 asio::awaitable<void> ProcessManager::process_start() { return detail::run_manager(core_); }
@@ -640,8 +641,8 @@ ProcessManagerBuilder& ProcessManagerBuilder::pre_insert(std::shared_ptr<Runnabl
 }
 
 std::shared_ptr<ProcessManager> ProcessManagerBuilder::build() {
-  auto core = std::make_shared<detail::ManagerCore>(name_.empty() ? default_name() : name_, grace_, abandon_,
-                                                    auto_cleanup_);
+  auto core =
+      std::make_shared<detail::ManagerCore>(name_.empty() ? default_name() : name_, grace_, abandon_, auto_cleanup_);
   core->inserted = children_;
   return std::shared_ptr<ProcessManager>(new ProcessManager(std::move(core)));
 }

@@ -30,12 +30,14 @@ const char* signal_name(int sig) {
 
 int run(std::shared_ptr<Runnable> root, RunOptions options) {
   if (!root) throw std::invalid_argument("pm::run: the root runnable is null");
+  // Owned here for the whole run, whatever the caller does with its copy.
+  const std::shared_ptr<Runnable> tree = std::move(root);
   const std::size_t threads = options.threads == 0 ? 1 : options.threads;
-  const std::string root_name = root->process_name();
+  const std::string root_name = tree->process_name();
 
   asio::io_context io(static_cast<int>(threads));
   auto strand = asio::make_strand(io);
-  auto handle = root->process_handle();
+  auto handle = tree->process_handle();
   asio::cancellation_signal root_cancel;  // emitted on `strand` only
   std::exception_ptr failure;
   int forced_by = 0;
@@ -68,13 +70,13 @@ int run(std::shared_ptr<Runnable> root, RunOptions options) {
         set->async_wait(asio::bind_executor(strand, std::move(*this)));
       }
     };
-    signals->async_wait(asio::bind_executor(
-        strand, OnSignal{&*signals, handle, &root_cancel, &forced_by, &finished, strand}));
+    signals->async_wait(
+        asio::bind_executor(strand, OnSignal{&*signals, handle, &root_cancel, &forced_by, &finished, strand}));
   }
 
   asio::awaitable<void> body;
   try {
-    body = root->process_start();
+    body = tree->process_start();
   } catch (...) {
     failure = std::current_exception();
   }

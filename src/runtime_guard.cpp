@@ -114,7 +114,7 @@ asio::awaitable<RuntimeControlMessage> RuntimeTicker::next_control() {
   asio::steady_timer never(ex, asio::steady_timer::time_point::max());
   for (;;) {
     auto wait = never.async_wait(asio::deferred);
-    auto op = co_await tick(std::move(wait));
+    auto op = co_await tick(wait);
     if (op.is_control()) co_return op.control();
   }
 }

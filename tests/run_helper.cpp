@@ -2,10 +2,10 @@
 // pm::run and reports what its services saw on stdout.
 #include <processmanager/processmanager.hpp>
 
+#include <unistd.h>
 #include <cstdio>
 #include <cstring>
 #include <string>
-#include <unistd.h>
 
 namespace asio = pm::asio;
 

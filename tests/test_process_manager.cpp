@@ -74,14 +74,19 @@ TEST(process_manager, shutdown_reaches_every_child_and_completes_once_all_stoppe
   auto b = std::make_shared<IdleService>("b");
   auto m = ProcessManagerBuilder().name("root").pre_insert(a).pre_insert(b).build();
   bool all_stopped_when_returned = false;
-  asio::co_spawn(io, when([&] { return all_started(a, b); }, [&] {
-                   asio::co_spawn(io, [](std::shared_ptr<ProcessManager> mgr, std::shared_ptr<IdleService> x,
-                                         std::shared_ptr<IdleService> y, bool* ok) -> asio::awaitable<void> {
-                     auto handle = mgr->process_handle();
-                     co_await handle->shutdown();
-                     *ok = x->stopped == 1 && y->stopped == 1;
-                   }(m, a, b, &all_stopped_when_returned), asio::detached);
-                 }),
+  asio::co_spawn(io,
+                 when([&] { return all_started(a, b); },
+                      [&] {
+                        asio::co_spawn(
+                            io,
+                            [](std::shared_ptr<ProcessManager> mgr, std::shared_ptr<IdleService> x,
+                               std::shared_ptr<IdleService> y, bool* ok) -> asio::awaitable<void> {
+                              auto handle = mgr->process_handle();
+                              co_await handle->shutdown();
+                              *ok = x->stopped == 1 && y->stopped == 1;
+                            }(m, a, b, &all_stopped_when_returned),
+                            asio::detached);
+                      }),
                  asio::detached);
   EXPECT_EQ(run_manager(io, m, 2), nullptr);
   EXPECT_TRUE(all_stopped_when_returned);
@@ -172,10 +177,12 @@ TEST(process_manager, a_normal_return_ends_only_that_child) {
   auto idle = std::make_shared<IdleService>("idle");
   auto quick = pm::make_runnable("quick", [](pm::RuntimeContext&) -> asio::awaitable<void> { co_return; });
   auto m = ProcessManagerBuilder().pre_insert(idle).pre_insert(quick).build();
-  asio::co_spawn(io, when([&] { return all_started(idle) && m->child_count() == 1; }, [&] {
-                   EXPECT_EQ(idle->stopped, 0);
-                   m->process_handle()->request_shutdown();
-                 }),
+  asio::co_spawn(io,
+                 when([&] { return all_started(idle) && m->child_count() == 1; },
+                      [&] {
+                        EXPECT_EQ(idle->stopped, 0);
+                        m->process_handle()->request_shutdown();
+                      }),
                  asio::detached);
   EXPECT_EQ(run_manager(io, m), nullptr);
   EXPECT_EQ(idle->stopped, 1);
@@ -187,10 +194,12 @@ TEST(process_manager, auto_cleanup_off_keeps_finished_children_in_the_books) {
   auto quick = pm::make_runnable("quick", [](pm::RuntimeContext&) -> asio::awaitable<void> { co_return; });
   auto m = ProcessManagerBuilder().auto_cleanup(false).pre_insert(idle).pre_insert(quick).build();
   std::size_t seen = 0;
-  asio::co_spawn(io, when([&] { return all_started(idle) && m->running_count() == 1; }, [&] {
-                   seen = m->child_count();  // idle running + quick finished
-                   m->process_handle()->request_shutdown();
-                 }),
+  asio::co_spawn(io,
+                 when([&] { return all_started(idle) && m->running_count() == 1; },
+                      [&] {
+                        seen = m->child_count();  // idle running + quick finished
+                        m->process_handle()->request_shutdown();
+                      }),
                  asio::detached);
   EXPECT_EQ(run_manager(io, m), nullptr);
   EXPECT_EQ(seen, 2u);
@@ -204,14 +213,17 @@ TEST(process_manager, nested_managers_pass_reload_and_shutdown_to_the_leaves) {
   auto inner = ProcessManagerBuilder().name("inner").pre_insert(w1).pre_insert(w2).build();
   auto mid = ProcessManagerBuilder().name("mid").pre_insert(inner).build();
   auto root = ProcessManagerBuilder().name("root").pre_insert(mid).pre_insert(top).build();
-  asio::co_spawn(io, when([&] { return all_started(w1, w2, top); }, [&] {
-                   auto h = root->process_handle();
-                   h->request_reload();
-                   h->control(pm::RuntimeControlMessage::custom(1));
-                   asio::co_spawn(io, when([&] { return w1->customs == 1 && w2->customs == 1 && top->customs == 1; },
-                                           [&] { root->process_handle()->request_shutdown(); }),
-                                  asio::detached);
-                 }),
+  asio::co_spawn(io,
+                 when([&] { return all_started(w1, w2, top); },
+                      [&] {
+                        auto h = root->process_handle();
+                        h->request_reload();
+                        h->control(pm::RuntimeControlMessage::custom(1));
+                        asio::co_spawn(io,
+                                       when([&] { return w1->customs == 1 && w2->customs == 1 && top->customs == 1; },
+                                            [&] { root->process_handle()->request_shutdown(); }),
+                                       asio::detached);
+                      }),
                  asio::detached);
   EXPECT_EQ(run_manager(io, root, 4), nullptr);
   for (const auto& s : {w1, w2, top}) {
@@ -247,10 +259,12 @@ TEST(process_manager, a_child_that_ignores_shutdown_is_cancelled_after_the_grace
   auto polite = std::make_shared<IdleService>("polite");
   auto m = ProcessManagerBuilder().shutdown_grace_period(200ms).pre_insert(stubborn).pre_insert(polite).build();
   std::chrono::steady_clock::time_point asked;
-  asio::co_spawn(io, when([&] { return all_started(stubborn, polite); }, [&] {
-                   asked = std::chrono::steady_clock::now();
-                   m->process_handle()->request_shutdown();
-                 }),
+  asio::co_spawn(io,
+                 when([&] { return all_started(stubborn, polite); },
+                      [&] {
+                        asked = std::chrono::steady_clock::now();
+                        m->process_handle()->request_shutdown();
+                      }),
                  asio::detached);
   EXPECT_EQ(run_manager(io, m), nullptr);
   const auto took = std::chrono::steady_clock::now() - asked;
@@ -293,12 +307,14 @@ TEST(process_manager, two_hundred_children_on_four_threads_with_one_failing) {
     b.pre_insert(idle.back());
   }
   auto m = b.build();
-  asio::co_spawn(io, when([&] {
-                          for (const auto& s : idle)
-                            if (s->started == 0) return false;
-                          return true;
-                        },
-                          [&] { m->process_handle()->control(pm::RuntimeControlMessage::custom(0)); }),
+  asio::co_spawn(io,
+                 when(
+                     [&] {
+                       for (const auto& s : idle)
+                         if (s->started == 0) return false;
+                       return true;
+                     },
+                     [&] { m->process_handle()->control(pm::RuntimeControlMessage::custom(0)); }),
                  asio::detached);
   auto error = run_manager(io, m, 4);
   try {
@@ -318,13 +334,16 @@ TEST(process_manager, add_while_running_starts_the_child_at_once) {
   auto first = std::make_shared<IdleService>("first");
   auto late = std::make_shared<IdleService>("late");
   auto m = ProcessManagerBuilder().pre_insert(first).build();
-  asio::co_spawn(io, when([&] { return all_started(first); }, [&] {
-                   std::thread adder([&] { m->add(late); });  // from a foreign thread
-                   adder.join();
-                   asio::co_spawn(io, when([&] { return all_started(late); },
-                                           [&] { m->process_handle()->request_shutdown(); }),
-                                  asio::detached);
-                 }),
+  asio::co_spawn(io,
+                 when([&] { return all_started(first); },
+                      [&] {
+                        std::thread adder([&] { m->add(late); });  // from a foreign thread
+                        adder.join();
+                        asio::co_spawn(
+                            io,
+                            when([&] { return all_started(late); }, [&] { m->process_handle()->request_shutdown(); }),
+                            asio::detached);
+                      }),
                  asio::detached);
   EXPECT_EQ(run_manager(io, m, 2), nullptr);
   EXPECT_EQ(late->stopped, 1);
@@ -335,10 +354,12 @@ TEST(process_manager, add_during_shutdown_starts_the_child_and_stops_it_at_once)
   auto stubborn = std::make_shared<IdleService>("stubborn", true);
   auto late = std::make_shared<IdleService>("late");
   auto m = ProcessManagerBuilder().shutdown_grace_period(100ms).pre_insert(stubborn).build();
-  asio::co_spawn(io, when([&] { return all_started(stubborn); }, [&] {
-                   m->process_handle()->request_shutdown();
-                   m->add(late);  // the stubborn child keeps the manager in its shutdown
-                 }),
+  asio::co_spawn(io,
+                 when([&] { return all_started(stubborn); },
+                      [&] {
+                        m->process_handle()->request_shutdown();
+                        m->add(late);  // the stubborn child keeps the manager in its shutdown
+                      }),
                  asio::detached);
   EXPECT_EQ(run_manager(io, m), nullptr);
   EXPECT_EQ(late->started, 1);
@@ -363,26 +384,28 @@ TEST(process_manager, misuse_throws_named_errors) {
   bool insert_threw = false;
   bool second_start_threw = false;
   bool null_add_threw = false;
-  asio::co_spawn(io, when([&] { return all_started(idle); }, [&] {
-                   try {
-                     m->insert(std::make_shared<IdleService>());
-                   } catch (const std::logic_error& e) {
-                     insert_threw = std::string(e.what()).find("orders") != std::string::npos;
-                   }
-                   try {
-                     m->add(nullptr);
-                   } catch (const std::invalid_argument&) {
-                     null_add_threw = true;
-                   }
-                   asio::co_spawn(io, m->process_start(), [&](std::exception_ptr e) {
-                     try {
-                       if (e) std::rethrow_exception(e);
-                     } catch (const std::logic_error& le) {
-                       second_start_threw = std::string(le.what()).find("orders") != std::string::npos;
-                     }
-                     m->process_handle()->request_shutdown();
-                   });
-                 }),
+  asio::co_spawn(io,
+                 when([&] { return all_started(idle); },
+                      [&] {
+                        try {
+                          m->insert(std::make_shared<IdleService>());
+                        } catch (const std::logic_error& e) {
+                          insert_threw = std::string(e.what()).find("orders") != std::string::npos;
+                        }
+                        try {
+                          m->add(nullptr);
+                        } catch (const std::invalid_argument&) {
+                          null_add_threw = true;
+                        }
+                        asio::co_spawn(io, m->process_start(), [&](std::exception_ptr e) {
+                          try {
+                            if (e) std::rethrow_exception(e);
+                          } catch (const std::logic_error& le) {
+                            second_start_threw = std::string(le.what()).find("orders") != std::string::npos;
+                          }
+                          m->process_handle()->request_shutdown();
+                        });
+                      }),
                  asio::detached);
   EXPECT_EQ(run_manager(io, m), nullptr);
   EXPECT_TRUE(insert_threw);
@@ -481,9 +504,9 @@ TEST(process_manager, terminal_cancellation_of_the_manager_cancels_every_child_a
                    done = true;
                    EXPECT_EQ(e, nullptr);
                  }));
-  asio::co_spawn(io, when([&] { return all_started(a, b); }, [&] {
-                   asio::post(strand, [&] { sig.emit(asio::cancellation_type::terminal); });
-                 }),
+  asio::co_spawn(io,
+                 when([&] { return all_started(a, b); },
+                      [&] { asio::post(strand, [&] { sig.emit(asio::cancellation_type::terminal); }); }),
                  asio::detached);
   run_io(io);
   EXPECT_TRUE(done);
@@ -529,10 +552,12 @@ TEST(process_manager, a_second_shutdown_is_not_passed_on) {
   asio::io_context io;
   auto stubborn = std::make_shared<IdleService>("stubborn", true);
   auto m = ProcessManagerBuilder().shutdown_grace_period(50ms).pre_insert(stubborn).build();
-  asio::co_spawn(io, when([&] { return all_started(stubborn); }, [&] {
-                   m->process_handle()->request_shutdown();
-                   m->process_handle()->request_shutdown();
-                 }),
+  asio::co_spawn(io,
+                 when([&] { return all_started(stubborn); },
+                      [&] {
+                        m->process_handle()->request_shutdown();
+                        m->process_handle()->request_shutdown();
+                      }),
                  asio::detached);
   EXPECT_EQ(run_manager(io, m), nullptr);
   EXPECT_EQ(stubborn->shutdowns, 1);

@@ -9,8 +9,8 @@
 
 #include <algorithm>
 #include <chrono>
-#include <vector>
 #include <string>
+#include <vector>
 
 #include "support.hpp"
 
@@ -63,7 +63,8 @@ class Child {
         nl = buf_.find('\n');
       }
       if (std::find(lines_.begin(), lines_.end(), line) != lines_.end()) return true;
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      const auto left =
+          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
       if (left.count() <= 0) return false;
       pollfd p{out_, POLLIN, 0};
       if (poll(&p, 1, static_cast<int>(left.count())) <= 0) return false;

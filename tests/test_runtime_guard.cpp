@@ -72,16 +72,18 @@ TEST(runtime_guard, a_control_message_cancels_a_long_timer_and_wins) {
   RuntimeGuard guard("sleeper");
   auto handle = guard.handle();
   std::thread sender;
-  auto got = run_coro([](RuntimeGuard* g, std::shared_ptr<pm::ProcessControlHandler> h,
-                         std::thread* t) -> asio::awaitable<std::string> {
-    auto ticker = co_await g->runtime_ticker();
-    asio::steady_timer timer(co_await asio::this_coro::executor, std::chrono::hours(1));
-    // Sent from a thread that runs no io_context, racing the tick's start.
-    *t = std::thread([h] { h->control(RuntimeControlMessage::custom(std::string("hello"))); });
-    auto op = co_await ticker.tick(timer.async_wait(asio::deferred));
-    const auto* text = op.control().custom_if<std::string>();
-    co_return text != nullptr ? *text : std::string("<not the custom message>");
-  }(&guard, handle, &sender), 2);
+  auto got = run_coro(
+      [](RuntimeGuard* g, std::shared_ptr<pm::ProcessControlHandler> h,
+         std::thread* t) -> asio::awaitable<std::string> {
+        auto ticker = co_await g->runtime_ticker();
+        asio::steady_timer timer(co_await asio::this_coro::executor, std::chrono::hours(1));
+        // Sent from a thread that runs no io_context, racing the tick's start.
+        *t = std::thread([h] { h->control(RuntimeControlMessage::custom(std::string("hello"))); });
+        auto op = co_await ticker.tick(timer.async_wait(asio::deferred));
+        const auto* text = op.control().custom_if<std::string>();
+        co_return text != nullptr ? *text : std::string("<not the custom message>");
+      }(&guard, handle, &sender),
+      2);
   sender.join();
   EXPECT_EQ(got, "hello");
 }
@@ -89,8 +91,7 @@ TEST(runtime_guard, a_control_message_cancels_a_long_timer_and_wins) {
 TEST(runtime_guard, a_control_message_cancels_a_waiting_awaitable) {
   RuntimeGuard guard;
   auto handle = guard.handle();
-  auto got = run_coro([](RuntimeGuard* g, std::shared_ptr<pm::ProcessControlHandler> h)
-                          -> asio::awaitable<bool> {
+  auto got = run_coro([](RuntimeGuard* g, std::shared_ptr<pm::ProcessControlHandler> h) -> asio::awaitable<bool> {
     auto ex = co_await asio::this_coro::executor;
     auto ticker = co_await g->runtime_ticker();
     asio::post(ex, [h] { h->request_reload(); });
@@ -199,13 +200,14 @@ TEST(runtime_guard, terminal_cancellation_of_the_caller_reaches_the_work) {
   asio::io_context io;
   asio::cancellation_signal sig;
   std::exception_ptr error;
-  asio::co_spawn(io,
-                 [](RuntimeGuard* g) -> asio::awaitable<void> {
-                   auto ticker = co_await g->runtime_ticker();
-                   asio::steady_timer t(co_await asio::this_coro::executor, std::chrono::hours(1));
-                   co_await ticker.tick(t.async_wait(asio::deferred));
-                 }(&guard),
-                 asio::bind_cancellation_slot(sig.slot(), [&](std::exception_ptr e) { error = e; }));
+  asio::co_spawn(
+      io,
+      [](RuntimeGuard* g) -> asio::awaitable<void> {
+        auto ticker = co_await g->runtime_ticker();
+        asio::steady_timer t(co_await asio::this_coro::executor, std::chrono::hours(1));
+        co_await ticker.tick(t.async_wait(asio::deferred));
+      }(&guard),
+      asio::bind_cancellation_slot(sig.slot(), [&](std::exception_ptr e) { error = e; }));
   asio::post(io, [&] { sig.emit(asio::cancellation_type::terminal); });
   pm::test::run_io(io);
   ASSERT_TRUE(error);
@@ -217,22 +219,22 @@ TEST(runtime_guard, without_a_parent_slot_control_still_cancels_timers_and_await
   auto h = guard.handle();
   asio::io_context io;
   int controls = 0;
-  asio::co_spawn(io,
-                 [](RuntimeGuard* g, std::shared_ptr<pm::ProcessControlHandler> handle,
-                    int* seen) -> asio::awaitable<void> {
-                   auto ex = co_await asio::this_coro::executor;
-                   auto ticker = co_await g->runtime_ticker();
-                   asio::steady_timer t(ex, std::chrono::hours(1));
-                   asio::post(ex, [handle] { handle->request_reload(); });
-                   auto a = co_await ticker.tick(t.async_wait(asio::deferred));
-                   if (a.is_control()) ++*seen;
-                   asio::post(ex, [handle] { handle->request_reload(); });
-                   auto b = co_await ticker.tick(wait_then(std::chrono::hours(1), 3));
-                   if (b.is_control()) ++*seen;
-                   auto c = co_await ticker.tick(forty_two());
-                   if (c.is_next() && c.next() == 42) ++*seen;
-                 }(&guard, h, &controls),
-                 asio::detached);
+  asio::co_spawn(
+      io,
+      [](RuntimeGuard* g, std::shared_ptr<pm::ProcessControlHandler> handle, int* seen) -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        auto ticker = co_await g->runtime_ticker();
+        asio::steady_timer t(ex, std::chrono::hours(1));
+        asio::post(ex, [handle] { handle->request_reload(); });
+        auto a = co_await ticker.tick(t.async_wait(asio::deferred));
+        if (a.is_control()) ++*seen;
+        asio::post(ex, [handle] { handle->request_reload(); });
+        auto b = co_await ticker.tick(wait_then(std::chrono::hours(1), 3));
+        if (b.is_control()) ++*seen;
+        auto c = co_await ticker.tick(forty_two());
+        if (c.is_next() && c.next() == 42) ++*seen;
+      }(&guard, h, &controls),
+      asio::detached);
   pm::test::run_io(io);
   EXPECT_EQ(controls, 3);
 }
@@ -242,13 +244,14 @@ TEST(runtime_guard, a_handle_outliving_its_io_context_is_harmless) {
   auto h = guard->handle();
   {
     asio::io_context io;
-    asio::co_spawn(io,
-                   [](RuntimeGuard* g) -> asio::awaitable<void> {
-                     auto ticker = co_await g->runtime_ticker();
-                     asio::steady_timer t(co_await asio::this_coro::executor, std::chrono::hours(1));
-                     co_await ticker.tick(t.async_wait(asio::deferred));
-                   }(guard.get()),
-                   asio::detached);
+    asio::co_spawn(
+        io,
+        [](RuntimeGuard* g) -> asio::awaitable<void> {
+          auto ticker = co_await g->runtime_ticker();
+          asio::steady_timer t(co_await asio::this_coro::executor, std::chrono::hours(1));
+          co_await ticker.tick(t.async_wait(asio::deferred));
+        }(guard.get()),
+        asio::detached);
     io.run_for(10ms);  // the io_context dies with the service suspended in tick
   }
   h->request_shutdown();

@@ -210,6 +210,9 @@ int run_once(std::uint64_t seed) {
   const auto threads = static_cast<std::size_t>(world->rand(1, 4));
   int budget = world->rand(1, 500);
   auto root = world->make_manager("root", "", 1, budget);
+  // Drawn before the tree runs: from then on adders share the generator.
+  const int phase1 = world->rand(0, 300);
+  const int phase2 = world->rand(0, 300);
 
   std::exception_ptr error;
   bool done = false;
@@ -232,8 +235,6 @@ int run_once(std::uint64_t seed) {
     handles = world->handles;
   }
   const auto managers = world->manager_handles;
-  const int phase1 = world->rand(0, 300);
-  const int phase2 = world->rand(0, 300);
   auto storm = [&](int which, int count, bool first_phase, std::uint64_t storm_seed) {
     std::mt19937_64 r(storm_seed);
     for (int i = 0; i < count; ++i) {

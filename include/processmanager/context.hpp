@@ -56,7 +56,6 @@ class RuntimeContext {
 /// A Runnable named `name` that runs `body`. The callable is stored in the
 /// runnable, so its captures outlive every run (lambda coroutine captures
 /// are safe here). Throws std::invalid_argument for an empty body.
-std::shared_ptr<Runnable> make_runnable(std::string name,
-                                        std::function<asio::awaitable<void>(RuntimeContext&)> body);
+std::shared_ptr<Runnable> make_runnable(std::string name, std::function<asio::awaitable<void>(RuntimeContext&)> body);
 
 }  // namespace pm

@@ -65,8 +65,7 @@ struct completion_traits<std::tuple<std::exception_ptr, Args...>> {
 
 template <class Op, bool = is_awaitable<Op>::value>
 struct tick_traits {
-  using tuple_type =
-      typename awaitable_value<decltype(std::declval<Op>()(asio::as_tuple(asio::use_awaitable)))>::type;
+  using tuple_type = typename awaitable_value<decltype(std::declval<Op>()(asio::as_tuple(asio::use_awaitable)))>::type;
   using result_type = typename completion_traits<tuple_type>::value_type;
 };
 template <class Op>
