@@ -2,7 +2,8 @@
 #   make demo   build and run the seed example for a few seconds (Ctrl-C stops it early)
 #   make test   build everything and run the whole test suite
 #   make bench  Release build, run the micro benchmarks
-#   make asan / make tsan      the whole suite under AddressSanitizer+UBSan / ThreadSanitizer
+#   make asan / make tsan      the whole suite under AddressSanitizer+UBSan / ThreadSanitizer (g++)
+#   make clang-asan            the whole suite built by clang++ 14 under ASan+UBSan
 #   make tidy / make format-check   clang-tidy on src/ and include/, clang-format check
 #   make stress / make soak    the long runs of the stress test and of the soak
 BUILD    ?= build
@@ -10,7 +11,7 @@ BUILD_REL ?= build-release
 JOBS     ?= $(shell nproc)
 DEMO_FOR ?= 5s
 
-.PHONY: all deps configure build test demo bench clean asan tsan tidy format format-check stress soak
+.PHONY: all deps configure build test demo bench clean asan clang-asan tsan tidy format format-check stress soak
 
 STRESS_RUNS ?= 1000
 SOAK_CYCLES ?= 10000
@@ -49,6 +50,12 @@ asan: deps
 	cd build-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  ctest --output-on-failure -j $(JOBS)
 
+clang-asan: deps
+	cmake --preset clang-asan
+	cmake --build build-clang-asan -j $(JOBS)
+	cd build-clang-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  ctest --output-on-failure -j $(JOBS)
+
 tsan: deps
 	cmake --preset tsan
 	cmake --build build-tsan -j $(JOBS)
@@ -75,4 +82,4 @@ soak: build
 	./$(BUILD)/tests/pm_soak --cycles $(SOAK_CYCLES) --services 100
 
 clean:
-	rm -rf $(BUILD) $(BUILD_REL) build-asan build-tsan build-tidy
+	rm -rf $(BUILD) $(BUILD_REL) build-asan build-clang-asan build-tsan build-tidy
