@@ -23,20 +23,23 @@ std::string default_name() {
   return "process-manager-" + std::to_string(next_id.fetch_add(1, std::memory_order_relaxed));
 }
 
+std::string one_failure(const Failure& f) { return describe(f); }
+
 std::string summary(const std::vector<Failure>& failures) {
-  std::string what = "process '" + failures.front().process_name + "' failed: " + describe(failures.front().cause);
+  std::string what = "process '" + failures.front().process_name + "' " + one_failure(failures.front());
   if (failures.size() > 1) {
     what += " (and " + std::to_string(failures.size() - 1) + " more:";
     for (std::size_t i = 1; i < failures.size(); ++i) {
-      what += (i == 1 ? " '" : ", '") + failures[i].process_name + "': " + describe(failures[i].cause);
+      what += (i == 1 ? " '" : ", '") + failures[i].process_name + "' " + one_failure(failures[i]);
     }
     what += ")";
   }
   return what;
 }
 
-std::vector<Failure> first_of(std::string process_name, std::exception_ptr cause, std::vector<Failure> failures) {
-  if (failures.empty()) failures.push_back(Failure{std::move(process_name), std::move(cause)});
+std::vector<Failure> first_of(std::string process_name, std::exception_ptr cause, std::vector<Failure> failures,
+                              std::string reason) {
+  if (failures.empty()) failures.push_back(Failure{std::move(process_name), std::move(cause), std::move(reason)});
   return failures;
 }
 
@@ -68,9 +71,15 @@ std::string describe(const std::exception_ptr& e) {
   }
 }
 
-ProcessError::ProcessError(std::string process_name, std::exception_ptr cause, std::vector<Failure> failures)
-    : std::runtime_error(summary(first_of(process_name, cause, failures))),
-      failures_(first_of(std::move(process_name), std::move(cause), std::move(failures))) {}
+std::string describe(const Failure& f) {
+  if (f.reason.empty()) return "failed: " + describe(f.cause);
+  return f.reason + "; last failure: " + describe(f.cause);
+}
+
+ProcessError::ProcessError(std::string process_name, std::exception_ptr cause, std::vector<Failure> failures,
+                           std::string reason)
+    : std::runtime_error(summary(first_of(process_name, cause, failures, reason))),
+      failures_(first_of(std::move(process_name), std::move(cause), std::move(failures), std::move(reason))) {}
 
 namespace detail {
 
@@ -258,7 +267,7 @@ std::vector<Failure> failures_of(const std::string& manager, const std::string& 
   } catch (const ProcessError& pe) {
     std::vector<Failure> out;
     out.reserve(pe.failures().size());
-    for (const auto& f : pe.failures()) out.push_back(Failure{manager + "/" + f.process_name, f.cause});
+    for (const auto& f : pe.failures()) out.push_back(Failure{manager + "/" + f.process_name, f.cause, f.reason});
     return out;
   } catch (...) {
     return {Failure{manager + "/" + child, e}};
@@ -296,7 +305,7 @@ void child_ended(const std::shared_ptr<ChildNode>& node, const std::exception_pt
     if (run.live == 0) run.poke();
   }
   const std::string path = core.name + "/" + child_name;
-  for (const auto& f : new_failures) log_line("ERROR", f.process_name, "failed: " + describe(f.cause));
+  for (const auto& f : new_failures) log_line("ERROR", f.process_name, one_failure(f));
   if (timed_out) log_line("WARN", path, "did not stop within the grace period; cancelled");
   if (late) log_line("WARN", path, "ended after its manager had abandoned it");
   tell_all(to_stop, RuntimeControlMessage::shutdown());
@@ -494,7 +503,8 @@ asio::awaitable<void> run_manager(std::shared_ptr<ManagerCore> core) {
   for (auto& [wex, w] : waiters) asio::post(wex, std::move(w));
   if (!failures.empty()) {
     Failure first = failures.front();
-    throw ProcessError(std::move(first.process_name), std::move(first.cause), std::move(failures));
+    throw ProcessError(std::move(first.process_name), std::move(first.cause), std::move(failures),
+                       std::move(first.reason));
   }
 }
 

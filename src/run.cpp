@@ -1,5 +1,7 @@
 #include <processmanager/run.hpp>
 
+#include <processmanager/builtin/signals.hpp>
+
 #include <csignal>
 #include <cstdio>
 #include <optional>
@@ -12,21 +14,6 @@
 namespace pm {
 
 using detail::log_line;
-
-namespace {
-
-const char* signal_name(int sig) {
-  switch (sig) {
-    case SIGINT:
-      return "SIGINT";
-    case SIGTERM:
-      return "SIGTERM";
-    default:
-      return "signal";
-  }
-}
-
-}  // namespace
 
 int run(std::shared_ptr<Runnable> root, RunOptions options) {
   if (!root) throw std::invalid_argument("pm::run: the root runnable is null");
@@ -41,37 +28,25 @@ int run(std::shared_ptr<Runnable> root, RunOptions options) {
   asio::cancellation_signal root_cancel;  // emitted on `strand` only
   std::exception_ptr failure;
   int forced_by = 0;
-  std::optional<asio::signal_set> signals;
   bool finished = false;  // on `strand` only
 
-  if (options.handle_signals) {
-    signals.emplace(io, SIGINT, SIGTERM);
-    // The first signal asks for a graceful stop; a second one does not wait
-    // for the grace period but cancels the tree at once.
-    struct OnSignal {
-      asio::signal_set* set;
-      std::shared_ptr<ProcessControlHandler> handle;
-      asio::cancellation_signal* cancel;
-      int* forced_by;
-      bool* finished;
-      asio::strand<asio::io_context::executor_type> strand;
-      int seen = 0;
-      void operator()(const boost::system::error_code& ec, int sig) {
-        if (ec || *finished) return;
-        ++seen;
-        if (seen == 1) {
-          log_line("INFO", "pm::run", std::string("received ") + signal_name(sig) + ", shutting down gracefully");
-          if (handle) handle->request_shutdown();
-        } else {
-          log_line("WARN", "pm::run", std::string("received ") + signal_name(sig) + " again, stopping at once");
-          *forced_by = sig;
-          cancel->emit(asio::cancellation_type::terminal);
-        }
-        set->async_wait(asio::bind_executor(strand, std::move(*this)));
-      }
+  // The receiver runs beside the tree, not in it, for the tree's whole life:
+  // so a second signal during the stop can still cancel the tree at once.
+  std::shared_ptr<SignalReceiver> receiver;
+  if (options.handle_signals && handle) {
+    SignalReceiverOptions so;
+    so.escalate = [strand, &root_cancel, &forced_by, &finished](int sig) {
+      // The root's cancellation is emitted on the root's strand.
+      asio::post(strand, [&root_cancel, &forced_by, &finished, sig] {
+        if (finished) return;
+        forced_by = sig;
+        root_cancel.emit(asio::cancellation_type::terminal);
+      });
     };
-    signals->async_wait(
-        asio::bind_executor(strand, OnSignal{&*signals, handle, &root_cancel, &forced_by, &finished, strand}));
+    receiver = std::make_shared<SignalReceiver>(handle, std::move(so));
+    auto receiver_strand = asio::make_strand(io);
+    receiver->listen(receiver_strand);  // before any thread runs: no signal slips through
+    asio::co_spawn(receiver_strand, receiver->process_start(), asio::detached);
   }
 
   asio::awaitable<void> body;
@@ -85,7 +60,7 @@ int run(std::shared_ptr<Runnable> root, RunOptions options) {
                    asio::bind_cancellation_slot(root_cancel.slot(), [&](const std::exception_ptr& e) {
                      failure = e;
                      finished = true;
-                     if (signals) signals->cancel();
+                     if (receiver) receiver->process_handle()->request_shutdown();
                    }));
     std::vector<std::thread> pool;
     pool.reserve(threads - 1);
@@ -98,7 +73,7 @@ int run(std::shared_ptr<Runnable> root, RunOptions options) {
     try {
       std::rethrow_exception(failure);
     } catch (const ProcessError& e) {
-      for (const auto& f : e.failures()) log_line("ERROR", f.process_name, "failed: " + describe(f.cause));
+      for (const auto& f : e.failures()) log_line("ERROR", f.process_name, describe(f));
     } catch (const std::exception& e) {
       log_line("ERROR", root_name, std::string("failed: ") + e.what());
     } catch (...) {

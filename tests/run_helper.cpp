@@ -21,6 +21,10 @@ std::shared_ptr<pm::Runnable> worker(const std::string& name, bool stubborn) {
       asio::steady_timer t(co_await asio::this_coro::executor, std::chrono::hours(1));
       auto op = co_await ctx.tick(t.async_wait(asio::deferred));
       if (op.is_next()) continue;
+      if (op.control().is_reload()) {
+        std::printf("reload %s\n", name.c_str());
+        std::fflush(stdout);
+      }
       if (op.control().is_shutdown()) {
         std::printf("shutdown %s\n", name.c_str());
         std::fflush(stdout);

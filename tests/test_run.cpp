@@ -148,4 +148,35 @@ TEST(run, in_process_a_plain_root_that_returns_exits_0_and_one_that_throws_exits
   EXPECT_THROW(pm::run(nullptr), std::invalid_argument);
 }
 
+TEST(run, sighup_reloads_every_service_and_the_tree_keeps_running) {
+  Child c("idle");
+  ASSERT_TRUE(c.wait_line("ready a"));
+  ASSERT_TRUE(c.wait_line("ready b"));
+  c.signal(SIGHUP);
+  ASSERT_TRUE(c.wait_line("reload a"));
+  ASSERT_TRUE(c.wait_line("reload b"));
+  c.signal(SIGTERM);
+  EXPECT_EQ(c.wait_exit(), 0);
+}
+
+TEST(run, a_second_sigint_forces_the_stop_with_130) {
+  Child c("stubborn");
+  ASSERT_TRUE(c.wait_line("ready a"));
+  ASSERT_TRUE(c.wait_line("ready b"));
+  c.signal(SIGINT);
+  ASSERT_TRUE(c.wait_line("shutdown a"));
+  c.signal(SIGINT);
+  EXPECT_EQ(c.wait_exit(), 130);
+}
+
+TEST(run, a_storm_of_sighups_then_sigterm_exits_0) {
+  Child c("idle");
+  ASSERT_TRUE(c.wait_line("ready a"));
+  ASSERT_TRUE(c.wait_line("ready b"));
+  for (int i = 0; i < 1000; ++i) c.signal(SIGHUP);
+  c.signal(SIGTERM);
+  EXPECT_EQ(c.wait_exit(), 0);
+  EXPECT_TRUE(c.wait_line("reload a"));
+}
+
 }  // namespace

@@ -22,18 +22,22 @@ class ManagerHandle;
 struct Failure {
   std::string process_name;  ///< its path, "root/db/writer" when nested
   std::exception_ptr cause;  ///< what it threw
+  std::string reason{};      ///< why it counts as failed, when not just "it threw" ("restart intensity exceeded ...")
 };
 
 /// What a failing manager throws once all its children have ended.
 class ProcessError : public std::runtime_error {
  public:
   /// `failures` lists every failure, the first one first; when empty, it
-  /// becomes the single failure {process_name, cause}.
-  ProcessError(std::string process_name, std::exception_ptr cause, std::vector<Failure> failures = {});
+  /// becomes the single failure {process_name, cause, reason}.
+  ProcessError(std::string process_name, std::exception_ptr cause, std::vector<Failure> failures = {},
+               std::string reason = {});
   /// The path of the child that failed first.
   const std::string& process_name() const noexcept { return failures_.front().process_name; }
   /// What it threw.
   std::exception_ptr cause() const noexcept { return failures_.front().cause; }
+  /// Why it counts as failed when that is more than "it threw" (else empty).
+  const std::string& reason() const noexcept { return failures_.front().reason; }
   /// Every failure, the first one first.
   const std::vector<Failure>& failures() const noexcept { return failures_; }
 
@@ -43,6 +47,8 @@ class ProcessError : public std::runtime_error {
 
 /// The text of an exception: what() for std::exception, else a placeholder.
 std::string describe(const std::exception_ptr& e);
+/// A failure in words: "failed: <cause>", or "<reason>; last failure: <cause>".
+std::string describe(const Failure& f);
 
 /// Runs its children concurrently, each on its own strand of the executor
 /// it runs on. The first child that throws makes it shut the others down

@@ -8,3 +8,9 @@
 #include <processmanager/run.hpp>
 #include <processmanager/runnable.hpp>
 #include <processmanager/runtime_guard.hpp>
+
+#include <processmanager/builtin/blocking.hpp>
+#include <processmanager/builtin/idle.hpp>
+#include <processmanager/builtin/interval.hpp>
+#include <processmanager/builtin/restart.hpp>
+#include <processmanager/builtin/signals.hpp>

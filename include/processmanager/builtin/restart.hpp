@@ -1,0 +1,78 @@
+// RestartSupervisor: restarts one child with backoff, within an intensity limit.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <string>
+
+#include <processmanager/process_manager.hpp>
+
+namespace pm {
+
+/// When a child is restarted (Erlang's restart types).
+enum class RestartPolicy {
+  permanent,  ///< after any end, normal or failed
+  transient,  ///< after a failure only (the default)
+  temporary,  ///< never
+};
+
+/// How long to wait before a restart: initial * factor^(n-1), capped at
+/// max; with jitter, a uniformly random time in [0, that] ("full jitter").
+struct Backoff {
+  std::chrono::nanoseconds initial = std::chrono::milliseconds(100);
+  double factor = 2.0;
+  std::chrono::nanoseconds max = std::chrono::seconds(30);
+  bool jitter = false;
+};
+
+/// A RestartSupervisor's configuration.
+struct RestartOptions {
+  RestartPolicy policy = RestartPolicy::transient;
+  Backoff backoff{};
+  /// A child that ran this long without failing starts its backoff afresh.
+  std::chrono::nanoseconds reset_after = std::chrono::seconds(30);
+  /// More than this many restarts within `window` gives up (Erlang's
+  /// intensity and period).
+  std::size_t max_restarts = 3;
+  std::chrono::nanoseconds window = std::chrono::seconds(5);
+};
+
+/// Wraps one child and restarts it per its policy, waiting a backoff between
+/// runs. Gives up, failing with a ProcessError that names the child, says
+/// "restart intensity exceeded" and carries the last cause, when restarts
+/// come faster than the limit. Shutdown stops a running child or a pending
+/// backoff at once; reload and custom messages go to the child. Restarts
+/// and the give-up are counted and logged. Its name is its child's.
+class RestartSupervisor : public Runnable {
+ public:
+  /// Throws std::invalid_argument for a null child or nonsensical options.
+  explicit RestartSupervisor(std::shared_ptr<Runnable> child, RestartOptions options = {});
+  ~RestartSupervisor() override;
+
+  /// Runs the child until the policy says stop. Returns when the child ended
+  /// and is not to be restarted, or on shutdown; throws the child's failure
+  /// (temporary policy), or ProcessError when the intensity is exceeded.
+  asio::awaitable<void> process_start() override;
+  std::string process_name() const override;
+  std::shared_ptr<ProcessControlHandler> process_handle() override;
+
+  /// How many times the child has been restarted.
+  std::size_t restarts() const noexcept;
+  /// The backoff chosen before the latest restart.
+  std::chrono::nanoseconds last_backoff() const noexcept;
+
+  /// The class's state, shared with its handle.
+  struct State;
+
+ private:
+  std::shared_ptr<Runnable> child_;
+  RestartOptions options_;
+  std::shared_ptr<State> state_;
+};
+
+}  // namespace pm

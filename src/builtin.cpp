@@ -1,0 +1,404 @@
+// The built-in services: IdleProcess, SignalReceiver, blocking services and
+// RestartSupervisor. One translation unit keeps the build lean.
+#include <processmanager/builtin/blocking.hpp>
+#include <processmanager/builtin/idle.hpp>
+#include <processmanager/builtin/restart.hpp>
+#include <processmanager/builtin/signals.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
+
+#include "log.hpp"
+
+namespace pm {
+
+using detail::log_line;
+
+namespace {
+
+std::string millis(std::chrono::nanoseconds d) {
+  return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(d).count()) + " ms";
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- IdleProcess
+
+IdleProcess::IdleProcess(std::string name) : name_(name), guard_(std::move(name)) {}
+
+asio::awaitable<void> IdleProcess::process_start() {
+  auto ticker = co_await guard_.runtime_ticker();
+  for (;;) {
+    auto msg = co_await ticker.next_control();
+    if (msg.is_shutdown()) co_return;
+  }
+}
+
+// ------------------------------------------------------------- SignalReceiver
+
+std::string signal_name(int sig) {
+  switch (sig) {
+    case SIGINT:
+      return "SIGINT";
+    case SIGTERM:
+      return "SIGTERM";
+    case SIGQUIT:
+      return "SIGQUIT";
+    case SIGHUP:
+      return "SIGHUP";
+    case SIGUSR1:
+      return "SIGUSR1";
+    case SIGUSR2:
+      return "SIGUSR2";
+    default:
+      return "signal " + std::to_string(sig);
+  }
+}
+
+SignalReceiver::SignalReceiver(std::shared_ptr<ProcessControlHandler> tree, SignalReceiverOptions options)
+    : tree_(std::move(tree)), options_(std::move(options)) {
+  if (!tree_) throw std::invalid_argument("SignalReceiver: the tree's handle is null");
+}
+
+SignalReceiver::~SignalReceiver() = default;
+
+void SignalReceiver::listen(const asio::any_io_executor& ex) {
+  auto set = std::make_unique<asio::signal_set>(ex);
+  for (int sig : options_.stop_signals) set->add(sig);
+  for (int sig : options_.reload_signals) set->add(sig);
+  signals_ = std::move(set);
+}
+
+asio::awaitable<void> SignalReceiver::process_start() {
+  auto ex = co_await asio::this_coro::executor;
+  if (!signals_) listen(ex);
+  // The handlers go when this run ends, however it ends.
+  struct Uninstall {
+    std::unique_ptr<asio::signal_set>& set;
+    ~Uninstall() { set.reset(); }
+  } uninstall{signals_};
+  asio::signal_set& signals = *signals_;
+  auto ticker = co_await guard_.runtime_ticker();
+  const auto is_in = [](const std::vector<int>& v, int sig) { return std::find(v.begin(), v.end(), sig) != v.end(); };
+  for (;;) {
+    auto wait = signals.async_wait(asio::deferred);
+    auto op = co_await ticker.tick(wait);
+    if (op.is_control()) {
+      if (op.control().is_shutdown()) co_return;
+      continue;  // the reloads it broadcasts reach it too
+    }
+    const int sig = op.next();
+    if (is_in(options_.stop_signals, sig)) {
+      int expected = 0;
+      if (stop_signal_.compare_exchange_strong(expected, sig)) {
+        log_line("INFO", "signal-receiver", "received " + signal_name(sig) + ": shutting down gracefully");
+        tree_->request_shutdown();
+      } else if (sig == SIGINT || sig == SIGTERM) {
+        escalation_signal_.store(sig);
+        log_line("WARN", "signal-receiver",
+                 "received " + signal_name(sig) + " again during the shutdown: stopping at once");
+        if (options_.escalate) options_.escalate(sig);
+      } else {
+        log_line("INFO", "signal-receiver", "received " + signal_name(sig) + ": already shutting down");
+      }
+    } else if (is_in(options_.reload_signals, sig)) {
+      reloads_.fetch_add(1);
+      log_line("INFO", "signal-receiver", "received " + signal_name(sig) + ": reloading");
+      tree_->request_reload();
+    }
+  }
+}
+
+// ------------------------------------------------------------------ blocking
+
+namespace detail {
+
+/// A blocking service's inbox and stop source, shared by its runnable, its
+/// handle (it is the handle) and its thread's context.
+class BlockingState final : public ProcessControlHandler, public std::enable_shared_from_this<BlockingState> {
+ public:
+  explicit BlockingState(std::string n) : name(std::move(n)) {}
+
+  void control(RuntimeControlMessage msg) override {
+    {
+      std::lock_guard lock(mu);
+      if (msg.is_shutdown()) stop.request_stop();
+      inbox.push_back(std::move(msg));
+    }
+    cv.notify_all();
+  }
+
+  /// A fresh stop source for a new run; a shutdown kept from before the run
+  /// stops it at once.
+  BlockingContext begin_run() {
+    std::lock_guard lock(mu);
+    stop = std::stop_source();
+    if (std::any_of(inbox.begin(), inbox.end(), [](const auto& m) { return m.is_shutdown(); })) stop.request_stop();
+    return BlockingContext(shared_from_this(), stop.get_token());
+  }
+
+  void request_stop() {
+    {
+      std::lock_guard lock(mu);
+      stop.request_stop();
+    }
+    cv.notify_all();
+  }
+
+  const std::string name;
+  std::mutex mu;
+  std::condition_variable_any cv;
+  std::deque<RuntimeControlMessage> inbox;
+  std::stop_source stop;
+};
+
+/// One run's completion, shared by the waiting coroutine and the thread.
+struct BlockingRun {
+  std::mutex mu;
+  std::optional<std::pair<asio::any_io_executor, asio::any_completion_handler<void(std::exception_ptr)>>> waiter;
+
+  /// Resumes the coroutine with `e`, once; later calls do nothing.
+  void complete(const std::exception_ptr& e) {
+    std::unique_lock lock(mu);
+    if (!waiter) return;
+    auto [ex, handler] = std::move(*waiter);
+    waiter.reset();
+    lock.unlock();
+    asio::post(ex, [h = std::move(handler), e]() mutable { std::move(h)(e); });
+  }
+};
+
+}  // namespace detail
+
+bool BlockingContext::wait_for(duration d) {
+  std::unique_lock lock(state_->mu);
+  const bool woken = state_->cv.wait_for(lock, token_, d, [this] { return !state_->inbox.empty(); });
+  return !woken && !token_.stop_requested();
+}
+
+std::optional<RuntimeControlMessage> BlockingContext::next_control(duration timeout) {
+  std::unique_lock lock(state_->mu);
+  state_->cv.wait_for(lock, token_, timeout, [this] { return !state_->inbox.empty(); });
+  if (state_->inbox.empty()) return std::nullopt;
+  RuntimeControlMessage msg = std::move(state_->inbox.front());
+  state_->inbox.pop_front();
+  return msg;
+}
+
+const std::string& BlockingContext::name() const noexcept { return state_->name; }
+
+namespace {
+
+class BlockingRunnable final : public Runnable {
+ public:
+  BlockingRunnable(std::string name, std::function<void(BlockingContext&)> fn)
+      : state_(std::make_shared<detail::BlockingState>(std::move(name))),
+        fn_(std::make_shared<std::function<void(BlockingContext&)>>(std::move(fn))) {}
+
+  asio::awaitable<void> process_start() override {
+    auto state = state_;
+    auto fn = fn_;
+    auto run = std::make_shared<detail::BlockingRun>();
+    auto start = [state, fn, run](auto handler) {
+      auto slot = asio::get_associated_cancellation_slot(handler);
+      asio::any_io_executor ex = asio::get_associated_executor(handler);
+      {
+        std::lock_guard lock(run->mu);
+        run->waiter.emplace(std::move(ex), std::move(handler));
+      }
+      // Cancellation comes after the grace period: the thread had its stop
+      // request and did not return. It is abandoned (never joined) and the
+      // service fails by name.
+      if (slot.is_connected()) {
+        slot.assign([state, run](asio::cancellation_type_t type) {
+          if ((type & asio::cancellation_type::terminal) == asio::cancellation_type::none) return;
+          state->request_stop();
+          run->complete(std::make_exception_ptr(AbandonedError(
+              "blocking service '" + state->name + "' ignored its stop token past the grace period; its thread is abandoned")));
+        });
+      }
+      BlockingContext ctx = state->begin_run();
+      // Detached: the run completes through `run`, never through a join, so
+      // an abandoned thread cannot hold anything up.
+      std::thread([ctx = std::move(ctx), fn, run]() mutable {
+        std::exception_ptr error;
+        try {
+          (*fn)(ctx);
+        } catch (...) {
+          error = std::current_exception();
+        }
+        run->complete(error);
+      }).detach();
+    };
+    // A leading exception_ptr is rethrown by use_awaitable: the thread's
+    // failure (or the abandonment) becomes this service's.
+    co_await asio::async_initiate<const asio::use_awaitable_t<>&, void(std::exception_ptr)>(std::move(start),
+                                                                                            asio::use_awaitable);
+  }
+  std::string process_name() const override { return state_->name; }
+  std::shared_ptr<ProcessControlHandler> process_handle() override { return state_; }
+
+ private:
+  std::shared_ptr<detail::BlockingState> state_;
+  std::shared_ptr<std::function<void(BlockingContext&)>> fn_;
+};
+
+}  // namespace
+
+std::shared_ptr<Runnable> make_blocking_runnable(std::string name, std::function<void(BlockingContext&)> fn) {
+  if (!fn) throw std::invalid_argument("make_blocking_runnable('" + name + "'): the function is empty");
+  return std::make_shared<BlockingRunnable>(std::move(name), std::move(fn));
+}
+
+// --------------------------------------------------------- RestartSupervisor
+
+/// Shared by the supervisor and its handle (it is the handle).
+struct RestartSupervisor::State final : ProcessControlHandler {
+  explicit State(std::string n) : name(std::move(n)) {}
+
+  void control(RuntimeControlMessage msg) override {
+    std::shared_ptr<ProcessControlHandler> child;
+    {
+      std::lock_guard lock(mu);
+      if (msg.is_shutdown()) {
+        stopping = true;
+        if (timer != nullptr) timer->cancel();  // a backoff wait ends at once
+      }
+      child = child_handle;
+    }
+    if (child) child->control(std::move(msg));
+  }
+
+  const std::string name;
+  std::mutex mu;
+  bool stopping = false;                                // under mu
+  asio::steady_timer* timer = nullptr;                  // under mu: the pending backoff wait
+  std::shared_ptr<ProcessControlHandler> child_handle;  // under mu
+  std::atomic<std::size_t> restarts{0};
+  std::atomic<std::int64_t> last_backoff_ns{0};
+  std::mt19937_64 rng{std::random_device{}()};  // jitter; used on the supervisor's strand only
+};
+
+RestartSupervisor::RestartSupervisor(std::shared_ptr<Runnable> child, RestartOptions options)
+    : child_(std::move(child)), options_(options) {
+  if (!child_) throw std::invalid_argument("RestartSupervisor: the child is null");
+  const auto name = child_->process_name();
+  if (options_.backoff.factor < 1.0 || options_.backoff.initial.count() < 0 ||
+      options_.backoff.max < options_.backoff.initial || options_.window.count() <= 0) {
+    throw std::invalid_argument("RestartSupervisor of '" + name +
+                                "': backoff needs factor >= 1 and 0 <= initial <= max, and the window must be positive");
+  }
+  state_ = std::make_shared<State>(name);
+}
+
+RestartSupervisor::~RestartSupervisor() = default;
+
+std::string RestartSupervisor::process_name() const { return state_->name; }
+
+std::shared_ptr<ProcessControlHandler> RestartSupervisor::process_handle() { return state_; }
+
+std::size_t RestartSupervisor::restarts() const noexcept { return state_->restarts.load(); }
+
+std::chrono::nanoseconds RestartSupervisor::last_backoff() const noexcept {
+  return std::chrono::nanoseconds(state_->last_backoff_ns.load());
+}
+
+asio::awaitable<void> RestartSupervisor::process_start() {
+  using clock = std::chrono::steady_clock;
+  auto state = state_;
+  auto child = child_;
+  const RestartOptions opts = options_;
+  auto ex = co_await asio::this_coro::executor;
+  asio::steady_timer timer(ex);
+  // Whatever way the run ends: no wait is reachable, the next run starts
+  // afresh, and messages no longer go to this run's child.
+  struct EndOfRun {
+    State& s;
+    ~EndOfRun() {
+      std::lock_guard lock(s.mu);
+      s.timer = nullptr;
+      s.stopping = false;
+      s.child_handle.reset();
+    }
+  } end_of_run{*state};
+
+  std::deque<clock::time_point> recent;  // restarts within the window
+  int attempt = 0;
+  for (;;) {
+    auto handle = child->process_handle();
+    {
+      std::lock_guard lock(state->mu);
+      state->child_handle = handle;
+      if (state->stopping) co_return;
+    }
+    const auto started = clock::now();
+    std::exception_ptr error;
+    try {
+      co_await child->process_start();
+    } catch (...) {
+      error = std::current_exception();
+    }
+    const asio::cancellation_state cs = co_await asio::this_coro::cancellation_state;
+    bool stopping = false;
+    {
+      std::lock_guard lock(state->mu);
+      stopping = state->stopping;
+    }
+    if (stopping || cs.cancelled() != asio::cancellation_type::none || opts.policy == RestartPolicy::temporary ||
+        (opts.policy == RestartPolicy::transient && !error)) {
+      if (error) std::rethrow_exception(error);
+      co_return;
+    }
+
+    const auto now = clock::now();
+    while (!recent.empty() && now - recent.front() > opts.window) recent.pop_front();
+    if (recent.size() >= opts.max_restarts) {
+      const std::string reason = "restart intensity exceeded (" + std::to_string(recent.size()) + " restarts within " +
+                                 millis(opts.window) + "); gave up";
+      log_line("ERROR", state->name, reason);
+      if (!error) error = std::make_exception_ptr(std::runtime_error("ended normally (permanent restart policy)"));
+      throw ProcessError(state->name, error, {}, reason);
+    }
+    if (now - started >= opts.reset_after) attempt = 0;
+    ++attempt;
+    double scaled = static_cast<double>(opts.backoff.initial.count()) * std::pow(opts.backoff.factor, attempt - 1);
+    scaled = std::min(scaled, static_cast<double>(opts.backoff.max.count()));
+    auto backoff = std::chrono::nanoseconds(static_cast<std::int64_t>(scaled));
+    if (opts.backoff.jitter && backoff.count() > 0) {
+      backoff = std::chrono::nanoseconds(
+          std::uniform_int_distribution<std::int64_t>(0, backoff.count())(state->rng));
+    }
+    recent.push_back(now);
+    state->restarts.fetch_add(1);
+    state->last_backoff_ns.store(backoff.count());
+    log_line("WARN", state->name,
+             (error ? describe(error) : std::string("ended")) + "; restarting in " + millis(backoff) + " (restart " +
+                 std::to_string(state->restarts.load()) + ")");
+
+    // The backoff wait: set up under the lock, so that a shutdown either
+    // sees the timer and cancels it or is seen here first.
+    boost::system::error_code ec;
+    auto wait = [&state, &timer, backoff](auto handler) {
+      std::lock_guard lock(state->mu);
+      timer.expires_after(state->stopping ? std::chrono::nanoseconds(0) : backoff);
+      state->timer = &timer;
+      timer.async_wait(std::move(handler));
+    };
+    auto token = asio::redirect_error(asio::use_awaitable, ec);
+    co_await asio::async_initiate<decltype(token), void(boost::system::error_code)>(std::move(wait), token);
+    {
+      std::lock_guard lock(state->mu);
+      state->timer = nullptr;
+    }
+    const asio::cancellation_state after = co_await asio::this_coro::cancellation_state;
+    if (after.cancelled() != asio::cancellation_type::none) {
+      throw boost::system::system_error(asio::error::operation_aborted);
+    }
+  }
+}
+
+}  // namespace pm

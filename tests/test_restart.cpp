@@ -1,0 +1,202 @@
+#include <processmanager/builtin/restart.hpp>
+
+#include <gtest/gtest.h>
+
+#include "support.hpp"
+
+namespace {
+
+using namespace std::chrono_literals;
+namespace asio = pm::asio;
+using pm::RestartOptions;
+using pm::RestartPolicy;
+using pm::RestartSupervisor;
+using pm::test::run_coro;
+
+/// Fails its first `failures` runs; then idles until shutdown (or, with
+/// `return_normally`, returns at once for its first `failures` runs).
+class Flaky : public pm::Runnable {
+ public:
+  explicit Flaky(int failures, bool return_normally = false)
+      : failures_(failures), return_normally_(return_normally) {}
+  asio::awaitable<void> process_start() override {
+    auto ticker = co_await guard_.runtime_ticker();
+    const int run = runs.fetch_add(1) + 1;
+    if (run <= failures_) {
+      if (return_normally_) co_return;
+      throw std::runtime_error("flaky run " + std::to_string(run));
+    }
+    for (;;) {
+      auto msg = co_await ticker.next_control();
+      if (msg.is_reload()) reloads.fetch_add(1);
+      if (msg.is_shutdown()) co_return;
+    }
+  }
+  std::string process_name() const override { return "worker"; }
+  std::shared_ptr<pm::ProcessControlHandler> process_handle() override { return guard_.handle(); }
+
+  std::atomic<int> runs{0};
+  std::atomic<int> reloads{0};
+
+ private:
+  int failures_;
+  bool return_normally_;
+  pm::RuntimeGuard guard_{"worker"};
+};
+
+RestartOptions fast(RestartPolicy policy = RestartPolicy::transient) {
+  RestartOptions o;
+  o.policy = policy;
+  o.backoff.initial = 1ms;
+  o.backoff.factor = 2.0;
+  o.backoff.max = 50ms;
+  o.max_restarts = 5;
+  o.window = std::chrono::seconds(60);
+  return o;
+}
+
+/// Runs `sup` under a manager; once the child has run `runs` times (and is
+/// idling), `then` runs on the io thread. Returns the manager's error.
+std::exception_ptr supervise(const std::shared_ptr<RestartSupervisor>& sup, const std::shared_ptr<Flaky>& child,
+                             int runs, std::function<void(pm::ProcessManager&)> then) {
+  asio::io_context io;
+  auto m = pm::ProcessManagerBuilder().name("root").pre_insert(sup).build();
+  std::exception_ptr error;
+  bool done = false;
+  asio::co_spawn(asio::make_strand(io), m->process_start(), [&](std::exception_ptr e) {
+    error = e;
+    done = true;
+  });
+  std::function<void()> check = [&] {
+    if (done) return;
+    if (child->runs < runs) {
+      asio::post(io, check);
+      return;
+    }
+    then(*m);
+  };
+  if (then) asio::post(io, check);
+  pm::test::run_io(io);
+  EXPECT_TRUE(done);
+  return error;
+}
+
+TEST(restart_supervisor, restarts_a_failing_child_with_exponential_backoff) {
+  auto child = std::make_shared<Flaky>(3);
+  auto sup = std::make_shared<RestartSupervisor>(child, fast());
+  EXPECT_EQ(sup->process_name(), "worker");
+  auto error = supervise(sup, child, 4, [](pm::ProcessManager& m) { m.process_handle()->request_shutdown(); });
+  EXPECT_EQ(error, nullptr);
+  EXPECT_EQ(sup->restarts(), 3u);
+  EXPECT_EQ(sup->last_backoff(), 4ms);  // 1, 2, 4
+  EXPECT_EQ(child->runs, 4);
+}
+
+TEST(restart_supervisor, gives_up_after_intensity_exceeded_naming_the_child_and_the_last_cause) {
+  auto child = std::make_shared<Flaky>(1000);
+  auto opts = fast();
+  opts.max_restarts = 3;
+  auto sup = std::make_shared<RestartSupervisor>(child, opts);
+  auto error = supervise(sup, child, 0, {});
+  ASSERT_TRUE(error);
+  try {
+    std::rethrow_exception(error);
+  } catch (const pm::ProcessError& e) {
+    EXPECT_EQ(e.process_name(), "root/worker");
+    EXPECT_NE(e.reason().find("restart intensity exceeded"), std::string::npos) << e.reason();
+    EXPECT_NE(std::string(e.what()).find("restart intensity exceeded"), std::string::npos) << e.what();
+    EXPECT_EQ(pm::describe(e.cause()), "flaky run 4");
+  }
+  EXPECT_EQ(sup->restarts(), 3u);
+  EXPECT_EQ(child->runs, 4);
+}
+
+TEST(restart_supervisor, transient_does_not_restart_a_normal_end_and_permanent_does) {
+  auto once = std::make_shared<Flaky>(1, /*return_normally=*/true);
+  auto transient = std::make_shared<RestartSupervisor>(once, fast(RestartPolicy::transient));
+  EXPECT_NO_THROW(run_coro(transient->process_start()));
+  EXPECT_EQ(transient->restarts(), 0u);
+  EXPECT_EQ(once->runs, 1);
+
+  auto twice = std::make_shared<Flaky>(2, /*return_normally=*/true);
+  auto permanent = std::make_shared<RestartSupervisor>(twice, fast(RestartPolicy::permanent));
+  EXPECT_EQ(supervise(permanent, twice, 3, [](pm::ProcessManager& m) { m.process_handle()->request_shutdown(); }),
+            nullptr);
+  EXPECT_EQ(permanent->restarts(), 2u);
+}
+
+TEST(restart_supervisor, temporary_never_restarts_and_passes_the_failure_on) {
+  auto child = std::make_shared<Flaky>(1);
+  auto sup = std::make_shared<RestartSupervisor>(child, fast(RestartPolicy::temporary));
+  EXPECT_THROW(run_coro(sup->process_start()), std::runtime_error);
+  EXPECT_EQ(sup->restarts(), 0u);
+  EXPECT_EQ(child->runs, 1);
+}
+
+TEST(restart_supervisor, shutdown_ends_a_pending_backoff_at_once) {
+  auto child = std::make_shared<Flaky>(1000);
+  auto opts = fast();
+  opts.backoff.initial = std::chrono::hours(1);
+  opts.backoff.max = std::chrono::hours(1);
+  auto sup = std::make_shared<RestartSupervisor>(child, opts);
+  auto m = pm::ProcessManagerBuilder().pre_insert(sup).build();
+  asio::io_context io;
+  bool done = false;
+  asio::co_spawn(asio::make_strand(io), m->process_start(), [&](std::exception_ptr e) {
+    EXPECT_EQ(e, nullptr);
+    done = true;
+  });
+  std::function<void()> check = [&] {
+    if (sup->restarts() < 1) {
+      asio::post(io, check);
+      return;
+    }
+    m->process_handle()->request_shutdown();  // during the one-hour backoff
+  };
+  asio::post(io, check);
+  pm::test::run_io(io);  // the hang guard fails the test if the backoff is waited out
+  EXPECT_TRUE(done);
+  EXPECT_EQ(child->runs, 1);
+}
+
+TEST(restart_supervisor, reload_reaches_the_current_child) {
+  auto child = std::make_shared<Flaky>(2);
+  auto sup = std::make_shared<RestartSupervisor>(child, fast());
+  EXPECT_EQ(supervise(sup, child, 3,
+                      [&child](pm::ProcessManager& m) {
+                        m.process_handle()->request_reload();
+                        m.process_handle()->request_shutdown();
+                      }),
+            nullptr);
+  EXPECT_EQ(child->reloads, 1);
+}
+
+TEST(restart_supervisor, a_long_enough_run_resets_the_backoff) {
+  auto child = std::make_shared<Flaky>(3);
+  auto opts = fast();
+  opts.reset_after = 0ns;  // every run counts as long enough
+  auto sup = std::make_shared<RestartSupervisor>(child, opts);
+  EXPECT_EQ(supervise(sup, child, 4, [](pm::ProcessManager& m) { m.process_handle()->request_shutdown(); }), nullptr);
+  EXPECT_EQ(sup->restarts(), 3u);
+  EXPECT_EQ(sup->last_backoff(), 1ms);
+}
+
+TEST(restart_supervisor, full_jitter_stays_within_the_computed_backoff) {
+  auto child = std::make_shared<Flaky>(4);
+  auto opts = fast();
+  opts.backoff.jitter = true;
+  auto sup = std::make_shared<RestartSupervisor>(child, opts);
+  EXPECT_EQ(supervise(sup, child, 5, [](pm::ProcessManager& m) { m.process_handle()->request_shutdown(); }), nullptr);
+  EXPECT_LE(sup->last_backoff(), 8ms);
+  EXPECT_GE(sup->last_backoff(), 0ms);
+}
+
+TEST(restart_supervisor, bad_options_are_rejected_with_invalid_argument) {
+  auto child = std::make_shared<Flaky>(0);
+  auto opts = fast();
+  opts.backoff.factor = 0.5;
+  EXPECT_THROW(RestartSupervisor(child, opts), std::invalid_argument);
+  EXPECT_THROW(RestartSupervisor(nullptr), std::invalid_argument);
+}
+
+}  // namespace

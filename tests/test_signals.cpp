@@ -1,0 +1,127 @@
+#include <processmanager/builtin/signals.hpp>
+
+#include <gtest/gtest.h>
+
+#include <csignal>
+#include <unistd.h>
+
+#include "support.hpp"
+
+namespace {
+
+using namespace std::chrono_literals;
+namespace asio = pm::asio;
+using pm::test::IdleService;
+
+/// A tree of two idle services plus a receiver controlling it; `drive` runs
+/// on a plain thread once every service is in its loop.
+struct SignalledTree {
+  std::shared_ptr<IdleService> a = std::make_shared<IdleService>("a");
+  std::shared_ptr<IdleService> b = std::make_shared<IdleService>("b");
+  std::shared_ptr<pm::ProcessManager> root = pm::ProcessManagerBuilder().name("root").pre_insert(a).pre_insert(b).build();
+  std::shared_ptr<pm::SignalReceiver> receiver;
+
+  std::exception_ptr run(pm::SignalReceiverOptions options, const std::function<void()>& drive) {
+    receiver = std::make_shared<pm::SignalReceiver>(root->process_handle(), std::move(options));
+    root->insert(receiver);
+    asio::io_context io(2);
+    receiver->listen(asio::make_strand(io));  // signals are caught from here on
+    std::exception_ptr error;
+    bool done = false;
+    asio::co_spawn(asio::make_strand(io), root->process_start(), [&](std::exception_ptr e) {
+      error = e;
+      done = true;
+    });
+    std::thread driver([&] {
+      while (a->started == 0 || b->started == 0) std::this_thread::yield();
+      drive();
+    });
+    pm::test::run_io(io, 2);
+    driver.join();
+    EXPECT_TRUE(done);
+    return error;
+  }
+};
+
+TEST(signal_receiver, sigterm_stops_the_tree_gracefully_and_records_the_signal) {
+  SignalledTree t;
+  auto error = t.run({}, [] { ::kill(::getpid(), SIGTERM); });
+  EXPECT_EQ(error, nullptr);  // a requested stop is not a failure
+  EXPECT_EQ(t.receiver->stop_signal(), SIGTERM);
+  EXPECT_EQ(t.a->shutdowns, 1);
+  EXPECT_EQ(t.b->stopped, 1);
+}
+
+TEST(signal_receiver, sigquit_stops_the_tree_too) {
+  SignalledTree t;
+  EXPECT_EQ(t.run({}, [] { ::kill(::getpid(), SIGQUIT); }), nullptr);
+  EXPECT_EQ(t.receiver->stop_signal(), SIGQUIT);
+}
+
+TEST(signal_receiver, sighup_broadcasts_reload_to_the_whole_tree) {
+  SignalledTree t;
+  auto error = t.run({}, [&t] {
+    ::kill(::getpid(), SIGHUP);
+    while (t.a->reloads == 0 || t.b->reloads == 0) std::this_thread::yield();
+    ::kill(::getpid(), SIGINT);
+  });
+  EXPECT_EQ(error, nullptr);
+  EXPECT_EQ(t.receiver->reloads(), 1u);
+  EXPECT_EQ(t.a->reloads, 1);
+  EXPECT_EQ(t.b->reloads, 1);
+}
+
+TEST(signal_receiver, a_storm_of_sighups_never_loses_the_sigterm_after_it) {
+  SignalledTree t;
+  auto error = t.run({}, [] {
+    for (int i = 0; i < 1000; ++i) ::kill(::getpid(), SIGHUP);
+    ::kill(::getpid(), SIGTERM);
+  });
+  EXPECT_EQ(error, nullptr);
+  EXPECT_EQ(t.receiver->stop_signal(), SIGTERM);
+  EXPECT_GE(t.receiver->reloads(), 1u);  // the kernel coalesces pending SIGHUPs
+  EXPECT_GE(t.a->reloads, 1);
+  EXPECT_EQ(t.a->stopped, 1);
+}
+
+TEST(signal_receiver, a_second_sigint_during_the_stop_escalates) {
+  // A stubborn service keeps the stop going; the second SIGINT cancels it.
+  auto stubborn = std::make_shared<IdleService>("stubborn", true);
+  auto root = pm::ProcessManagerBuilder().shutdown_grace_period(std::chrono::hours(1)).pre_insert(stubborn).build();
+  asio::io_context io(2);
+  asio::cancellation_signal cancel;
+  auto root_strand = asio::make_strand(io);
+  std::atomic<int> escalated{0};
+  pm::SignalReceiverOptions options;
+  options.escalate = [&](int sig) {
+    escalated = sig;
+    asio::post(root_strand, [&cancel] { cancel.emit(asio::cancellation_type::terminal); });
+  };
+  auto receiver = std::make_shared<pm::SignalReceiver>(root->process_handle(), options);
+  auto receiver_strand = asio::make_strand(io);
+  receiver->listen(receiver_strand);
+  asio::co_spawn(receiver_strand, receiver->process_start(), asio::detached);
+  bool done = false;
+  asio::co_spawn(root_strand, root->process_start(), asio::bind_cancellation_slot(cancel.slot(), [&](std::exception_ptr) {
+                   done = true;
+                   receiver->process_handle()->request_shutdown();
+                 }));
+  std::thread driver([&] {
+    while (stubborn->started == 0) std::this_thread::yield();
+    ::kill(::getpid(), SIGINT);
+    while (stubborn->shutdowns == 0) std::this_thread::yield();
+    ::kill(::getpid(), SIGINT);
+  });
+  pm::test::run_io(io, 2);
+  driver.join();
+  EXPECT_TRUE(done);
+  EXPECT_EQ(escalated, SIGINT);
+  EXPECT_EQ(receiver->escalation_signal(), SIGINT);
+}
+
+TEST(signal_receiver, a_null_tree_is_rejected) {
+  EXPECT_THROW(pm::SignalReceiver(nullptr), std::invalid_argument);
+  EXPECT_EQ(pm::signal_name(SIGTERM), "SIGTERM");
+}
+
+}  // namespace
