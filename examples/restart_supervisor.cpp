@@ -36,7 +36,8 @@ int main() {
                   .build();
   const int code = pm::run(root, {.threads = 2, .handle_signals = true});
   std::printf("exit code %d after %zu restarts (last backoff %lld ms)\n", code, supervisor->restarts(),
-              static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(supervisor->last_backoff()).count()));
+              static_cast<long long>(
+                  std::chrono::duration_cast<std::chrono::milliseconds>(supervisor->last_backoff()).count()));
   // The example succeeds when the supervisor gave up as designed.
   return code == 1 && supervisor->restarts() == 4 ? 0 : 1;
 }

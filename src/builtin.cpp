@@ -217,8 +217,9 @@ class BlockingRunnable final : public Runnable {
         slot.assign([state, run](asio::cancellation_type_t type) {
           if ((type & asio::cancellation_type::terminal) == asio::cancellation_type::none) return;
           state->request_stop();
-          run->complete(std::make_exception_ptr(AbandonedError(
-              "blocking service '" + state->name + "' ignored its stop token past the grace period; its thread is abandoned")));
+          run->complete(std::make_exception_ptr(
+              AbandonedError("blocking service '" + state->name +
+                             "' ignored its stop token past the grace period; its thread is abandoned")));
         });
       }
       BlockingContext ctx = state->begin_run();
@@ -289,8 +290,9 @@ RestartSupervisor::RestartSupervisor(std::shared_ptr<Runnable> child, RestartOpt
   const auto name = child_->process_name();
   if (options_.backoff.factor < 1.0 || options_.backoff.initial.count() < 0 ||
       options_.backoff.max < options_.backoff.initial || options_.window.count() <= 0) {
-    throw std::invalid_argument("RestartSupervisor of '" + name +
-                                "': backoff needs factor >= 1 and 0 <= initial <= max, and the window must be positive");
+    throw std::invalid_argument(
+        "RestartSupervisor of '" + name +
+        "': backoff needs factor >= 1 and 0 <= initial <= max, and the window must be positive");
   }
   state_ = std::make_shared<State>(name);
 }
@@ -369,8 +371,7 @@ asio::awaitable<void> RestartSupervisor::process_start() {
     scaled = std::min(scaled, static_cast<double>(opts.backoff.max.count()));
     auto backoff = std::chrono::nanoseconds(static_cast<std::int64_t>(scaled));
     if (opts.backoff.jitter && backoff.count() > 0) {
-      backoff = std::chrono::nanoseconds(
-          std::uniform_int_distribution<std::int64_t>(0, backoff.count())(state->rng));
+      backoff = std::chrono::nanoseconds(std::uniform_int_distribution<std::int64_t>(0, backoff.count())(state->rng));
     }
     recent.push_back(now);
     state->restarts.fetch_add(1);

@@ -87,10 +87,10 @@ T run_coro(asio::awaitable<T> a, std::size_t threads = 1) {
 class Event {
  public:
   void set() {
-    {
-      std::lock_guard lock(mu_);
-      set_ = true;
-    }
+    // Notified under the lock: a waiter that returns and destroys the Event
+    // cannot do so while this thread is still inside notify_all().
+    std::lock_guard lock(mu_);
+    set_ = true;
     cv_.notify_all();
   }
   bool wait(std::chrono::milliseconds guard = hang_guard) {

@@ -39,9 +39,8 @@ TEST(blocking, a_return_is_success_and_runs_on_its_own_thread) {
 TEST(blocking, an_exception_is_a_failure_reported_with_the_services_name) {
   auto m = pm::ProcessManagerBuilder()
                .name("root")
-               .pre_insert(pm::make_blocking_runnable("poller", [](BlockingContext&) {
-                 throw std::runtime_error("device gone");
-               }))
+               .pre_insert(pm::make_blocking_runnable(
+                   "poller", [](BlockingContext&) { throw std::runtime_error("device gone"); }))
                .build();
   auto error = run_tree(m, {});
   try {

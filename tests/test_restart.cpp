@@ -17,8 +17,7 @@ using pm::test::run_coro;
 /// `return_normally`, returns at once for its first `failures` runs).
 class Flaky : public pm::Runnable {
  public:
-  explicit Flaky(int failures, bool return_normally = false)
-      : failures_(failures), return_normally_(return_normally) {}
+  explicit Flaky(int failures, bool return_normally = false) : failures_(failures), return_normally_(return_normally) {}
   asio::awaitable<void> process_start() override {
     auto ticker = co_await guard_.runtime_ticker();
     const int run = runs.fetch_add(1) + 1;

@@ -2,8 +2,8 @@
 
 #include <gtest/gtest.h>
 
-#include <csignal>
 #include <unistd.h>
+#include <csignal>
 
 #include "support.hpp"
 
@@ -18,7 +18,8 @@ using pm::test::IdleService;
 struct SignalledTree {
   std::shared_ptr<IdleService> a = std::make_shared<IdleService>("a");
   std::shared_ptr<IdleService> b = std::make_shared<IdleService>("b");
-  std::shared_ptr<pm::ProcessManager> root = pm::ProcessManagerBuilder().name("root").pre_insert(a).pre_insert(b).build();
+  std::shared_ptr<pm::ProcessManager> root =
+      pm::ProcessManagerBuilder().name("root").pre_insert(a).pre_insert(b).build();
   std::shared_ptr<pm::SignalReceiver> receiver;
 
   std::exception_ptr run(pm::SignalReceiverOptions options, const std::function<void()>& drive) {
@@ -77,11 +78,12 @@ TEST(signal_receiver, a_storm_of_sighups_never_loses_the_sigterm_after_it) {
     for (int i = 0; i < 1000; ++i) ::kill(::getpid(), SIGHUP);
     ::kill(::getpid(), SIGTERM);
   });
+  // Pending SIGHUPs coalesce, and the tree may stop before the receiver
+  // gets to them: how many reloads happen is not promised. The stop is.
   EXPECT_EQ(error, nullptr);
   EXPECT_EQ(t.receiver->stop_signal(), SIGTERM);
-  EXPECT_GE(t.receiver->reloads(), 1u);  // the kernel coalesces pending SIGHUPs
-  EXPECT_GE(t.a->reloads, 1);
   EXPECT_EQ(t.a->stopped, 1);
+  EXPECT_EQ(t.b->stopped, 1);
 }
 
 TEST(signal_receiver, a_second_sigint_during_the_stop_escalates) {
@@ -102,7 +104,8 @@ TEST(signal_receiver, a_second_sigint_during_the_stop_escalates) {
   receiver->listen(receiver_strand);
   asio::co_spawn(receiver_strand, receiver->process_start(), asio::detached);
   bool done = false;
-  asio::co_spawn(root_strand, root->process_start(), asio::bind_cancellation_slot(cancel.slot(), [&](std::exception_ptr) {
+  asio::co_spawn(root_strand, root->process_start(),
+                 asio::bind_cancellation_slot(cancel.slot(), [&](std::exception_ptr) {
                    done = true;
                    receiver->process_handle()->request_shutdown();
                  }));
