@@ -41,6 +41,17 @@ double ms_between(clock_type::time_point a, clock_type::time_point b) {
   return std::chrono::duration<double, std::milli>(b - a).count();
 }
 
+/// The JSON field of one result: bytes per service for memory, else ms.
+std::string result_field(const std::string& scenario, double result) {
+  std::ostringstream out;
+  if (scenario == "memory") {
+    out << "\"bytes_per_service\":" << static_cast<long>(result);
+  } else {
+    out << "\"ms\":" << result;
+  }
+  return out.str();
+}
+
 /// Marks the moment the n-th of n events happened.
 struct Countdown {
   explicit Countdown(std::size_t n_) : n(n_) {}
@@ -164,13 +175,7 @@ std::string pm_scenario(const std::string& scenario, std::size_t n, std::size_t 
   });
   run_io(io, threads);
   if (scenario == "shutdown" || scenario == "failure") result = ms_between(t0, t1);
-  std::ostringstream out;
-  if (scenario == "memory") {
-    out << "\"bytes_per_service\":" << static_cast<long>(result);
-  } else {
-    out << "\"ms\":" << result;
-  }
-  return out.str();
+  return result_field(scenario, result);
 }
 
 std::string pm_churn(std::size_t n, std::size_t threads) {
@@ -281,13 +286,7 @@ std::string bare_scenario(const std::string& scenario, std::size_t n, std::size_
     return true;
   });
   run_io(io, threads);
-  std::ostringstream out;
-  if (scenario == "memory") {
-    out << "\"bytes_per_service\":" << static_cast<long>(result);
-  } else {
-    out << "\"ms\":" << result;
-  }
-  return out.str();
+  return result_field(scenario, result);
 }
 
 std::string bare_churn(std::size_t n, std::size_t threads) {

@@ -74,6 +74,8 @@ class Child {
       buf_.append(chunk, static_cast<std::size_t>(n));
     }
   }
+  /// Both services of the helper's tree are in their loops.
+  bool wait_ready() { return wait_line("ready a") && wait_line("ready b"); }
   void signal(int sig) const { kill(pid_, sig); }
   /// Waits for the exit; returns the exit code, or 1000+signal if killed.
   int wait_exit() {
@@ -102,8 +104,7 @@ class Child {
 
 TEST(run, sigint_stops_the_tree_gracefully_with_exit_code_0) {
   Child c("idle");
-  ASSERT_TRUE(c.wait_line("ready a"));
-  ASSERT_TRUE(c.wait_line("ready b"));
+  ASSERT_TRUE(c.wait_ready());
   c.signal(SIGINT);
   EXPECT_EQ(c.wait_exit(), 0);
   const auto err = c.stderr_text();
@@ -112,8 +113,7 @@ TEST(run, sigint_stops_the_tree_gracefully_with_exit_code_0) {
 
 TEST(run, sigterm_reaches_every_service_and_exits_0) {
   Child c("idle");
-  ASSERT_TRUE(c.wait_line("ready a"));
-  ASSERT_TRUE(c.wait_line("ready b"));
+  ASSERT_TRUE(c.wait_ready());
   c.signal(SIGTERM);
   EXPECT_TRUE(c.wait_line("shutdown a"));
   EXPECT_EQ(c.wait_exit(), 0);
@@ -129,8 +129,7 @@ TEST(run, a_failure_exits_1_and_names_the_path_and_cause) {
 
 TEST(run, a_second_signal_forces_the_stop_with_128_plus_signal) {
   Child c("stubborn");
-  ASSERT_TRUE(c.wait_line("ready a"));
-  ASSERT_TRUE(c.wait_line("ready b"));
+  ASSERT_TRUE(c.wait_ready());
   c.signal(SIGTERM);
   ASSERT_TRUE(c.wait_line("shutdown a"));  // the stubborn one saw it and goes on
   c.signal(SIGTERM);
@@ -150,8 +149,7 @@ TEST(run, in_process_a_plain_root_that_returns_exits_0_and_one_that_throws_exits
 
 TEST(run, sighup_reloads_every_service_and_the_tree_keeps_running) {
   Child c("idle");
-  ASSERT_TRUE(c.wait_line("ready a"));
-  ASSERT_TRUE(c.wait_line("ready b"));
+  ASSERT_TRUE(c.wait_ready());
   c.signal(SIGHUP);
   ASSERT_TRUE(c.wait_line("reload a"));
   ASSERT_TRUE(c.wait_line("reload b"));
@@ -161,8 +159,7 @@ TEST(run, sighup_reloads_every_service_and_the_tree_keeps_running) {
 
 TEST(run, a_second_sigint_forces_the_stop_with_130) {
   Child c("stubborn");
-  ASSERT_TRUE(c.wait_line("ready a"));
-  ASSERT_TRUE(c.wait_line("ready b"));
+  ASSERT_TRUE(c.wait_ready());
   c.signal(SIGINT);
   ASSERT_TRUE(c.wait_line("shutdown a"));
   c.signal(SIGINT);
@@ -171,8 +168,7 @@ TEST(run, a_second_sigint_forces_the_stop_with_130) {
 
 TEST(run, a_storm_of_sighups_then_sigterm_exits_0) {
   Child c("idle");
-  ASSERT_TRUE(c.wait_line("ready a"));
-  ASSERT_TRUE(c.wait_line("ready b"));
+  ASSERT_TRUE(c.wait_ready());
   for (int i = 0; i < 1000; ++i) c.signal(SIGHUP);
   c.signal(SIGTERM);
   EXPECT_EQ(c.wait_exit(), 0);  // the SIGTERM was not lost in the storm
