@@ -162,7 +162,7 @@ TEST(restart_supervisor, reload_reaches_the_current_child) {
   auto child = std::make_shared<Flaky>(2);
   auto sup = std::make_shared<RestartSupervisor>(child, fast());
   EXPECT_EQ(supervise(sup, child, 3,
-                      [&child](pm::ProcessManager& m) {
+                      [](pm::ProcessManager& m) {
                         m.process_handle()->request_reload();
                         m.process_handle()->request_shutdown();
                       }),
