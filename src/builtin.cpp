@@ -168,6 +168,11 @@ struct BlockingRun {
     auto [ex, handler] = std::move(*waiter);
     waiter.reset();
     lock.unlock();
+    // Called from the service's own thread: the handler may run, the
+    // io_context run out of work and be destroyed while this thread is
+    // still inside post(). Counted work keeps run() from returning until
+    // the post is over.
+    const auto work = asio::prefer(ex, asio::execution::outstanding_work.tracked);
     asio::post(ex, [h = std::move(handler), e]() mutable { std::move(h)(e); });
   }
 };

@@ -597,6 +597,10 @@ void ProcessManager::add(std::shared_ptr<Runnable> child) {
                              "': add() while the manager is not running; use insert() before start");
     }
   }
+  // add() may come from a thread that runs no io_context: counted work keeps
+  // the io_context from running out of work, and being destroyed, while
+  // this thread is still inside the post that starts the child.
+  const auto work = asio::prefer(run->base, asio::execution::outstanding_work.tracked);
   detail::start_child(run, std::move(child), {});
 }
 
