@@ -58,7 +58,9 @@ struct Countdown {
   void hit() {
     if (count.fetch_add(1) + 1 == n) at.store(clock_type::now().time_since_epoch().count());
   }
-  bool done() const { return count.load() >= n; }
+  // Done once the time is recorded, not merely counted: with several
+  // threads the last hit's store may still be on its way.
+  bool done() const { return at.load() != 0; }
   clock_type::time_point when() const { return clock_type::time_point(clock_type::duration(at.load())); }
   std::size_t n;
   std::atomic<std::size_t> count{0};

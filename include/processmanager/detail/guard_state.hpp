@@ -4,11 +4,11 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
-#include <deque>
 #include <exception>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include <boost/asio/version.hpp>
 #include <processmanager/runnable.hpp>
@@ -84,7 +84,11 @@ class GuardState final : public ProcessControlHandler, public std::enable_shared
   const std::string name_;
 
   mutable std::mutex mu_;
-  std::deque<RuntimeControlMessage> inbox_;
+  // A FIFO as a vector and the index of its head: unlike std::deque (which
+  // allocates a block up front in libstdc++), it costs nothing until the
+  // first message, and every idle service has one.
+  std::vector<RuntimeControlMessage> inbox_;
+  std::size_t head_ = 0;
   asio::any_io_executor ex_;
   bool wake_posted_ = false;
   std::uint64_t generation_ = 0;
