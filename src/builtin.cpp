@@ -163,17 +163,23 @@ struct BlockingRun {
 
   /// Resumes the coroutine with `e`, once; later calls do nothing.
   void complete(const std::exception_ptr& e) {
-    std::unique_lock lock(mu);
-    if (!waiter) return;
-    auto [ex, handler] = std::move(*waiter);
-    waiter.reset();
-    lock.unlock();
-    // Called from the service's own thread: the handler may run, the
-    // io_context run out of work and be destroyed while this thread is
-    // still inside post(). Counted work keeps run() from returning until
-    // the post is over.
-    const auto work = asio::prefer(ex, asio::execution::outstanding_work.tracked);
-    asio::post(ex, [h = std::move(handler), e]() mutable { std::move(h)(e); });
+    // Called from the service's own thread: once the handler has run, the
+    // io_context may run out of work and be destroyed while this thread
+    // still holds pieces of it (inside post(), or the last reference to
+    // the coroutine's strand). Counted work keeps run() from returning
+    // until everything else here is gone: it is declared first, so it is
+    // released last. (A strand releases its implementation before its
+    // work, so `work` itself is safe to drop last.)
+    std::optional<asio::any_io_executor> work;
+    {
+      std::unique_lock lock(mu);
+      if (!waiter) return;
+      auto taken = std::move(*waiter);
+      waiter.reset();
+      lock.unlock();
+      work.emplace(asio::prefer(taken.first, asio::execution::outstanding_work.tracked));
+      asio::post(taken.first, [h = std::move(taken.second), e]() mutable { std::move(h)(e); });
+    }
   }
 };
 
