@@ -2,7 +2,10 @@
 // same run. Prints one JSON object per line on stdout and nothing else;
 // progress goes to stderr.
 //
-//   pm_load [--n 1000,10000,100000] [--threads 1,2] [--scenario NAME|all]
+//   pm_load [--n 1000,10000,100000] [--threads 1,2] [--scenario NAME|all] [--repeat R]
+//
+// With --repeat R each figure is the median of R runs, pm and baseline
+// taking turns.
 //
 // Each (scenario, impl, n, threads) runs in a forked child process, so that
 // one measurement's heap and RSS never colour the next.
@@ -11,11 +14,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <optional>
 #include <functional>
 #include <sstream>
 #include <string>
@@ -364,12 +369,34 @@ std::string isolated(const std::function<std::string()>& measure) {
   return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? body : std::string();
 }
 
+/// One measurement: its JSON key ("ms", "bytes_per_service", "per_s"), its
+/// value, and the field as printed.
+struct Sample {
+  std::string key;
+  double value = 0;
+  std::string field;
+};
+
+std::optional<Sample> parse_sample(const std::string& body) {
+  const auto colon = body.find(':');
+  if (body.empty() || colon == std::string::npos) return std::nullopt;
+  return Sample{body.substr(0, colon), std::strtod(body.c_str() + colon + 1, nullptr), body};
+}
+
+std::string median_of(std::vector<Sample> samples) {
+  std::sort(samples.begin(), samples.end(), [](const Sample& a, const Sample& b) { return a.value < b.value; });
+  return samples[(samples.size() - 1) / 2].field;
+}
+
+const char* impl_name(bool is_pm) { return is_pm ? "pm" : "asio-baseline"; }
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::vector<std::size_t> ns{1000, 10000, 100000};
   std::vector<std::size_t> thread_counts{1, 2};
   std::string which = "all";
+  std::size_t repeat = 1;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string arg = argv[i];
     if (arg == "--n")
@@ -378,8 +405,10 @@ int main(int argc, char** argv) {
       thread_counts = parse_list(argv[i + 1]);
     else if (arg == "--scenario")
       which = argv[i + 1];
+    else if (arg == "--repeat")
+      repeat = std::max<std::size_t>(1, std::stoul(argv[i + 1]));
     else {
-      std::fprintf(stderr, "usage: %s [--n 1000,10000,100000] [--threads 1,2] [--scenario NAME|all]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--n 1000,10000,100000] [--threads 1,2] [--scenario NAME|all] [--repeat R]\n", argv[0]);
       return 2;
     }
   }
@@ -389,22 +418,33 @@ int main(int argc, char** argv) {
     for (const std::size_t threads : thread_counts) {
       const std::vector<std::size_t> sizes = scenario == "restart" ? std::vector<std::size_t>{1} : ns;
       for (const std::size_t n : sizes) {
-        for (const char* impl : {"pm", "asio-baseline"}) {
-          std::fprintf(stderr, "pm_load: %s %s n=%zu threads=%zu\n", scenario.c_str(), impl, n, threads);
-          const bool is_pm = std::string(impl) == "pm";
-          const std::string body = isolated([&]() -> std::string {
-            if (scenario == "churn") return is_pm ? pm_churn(n, threads) : bare_churn(n, threads);
-            if (scenario == "restart") return is_pm ? pm_restart(threads) : bare_restart(threads);
-            return is_pm ? pm_scenario(scenario, n, threads) : bare_scenario(scenario, n, threads);
-          });
-          if (body.empty()) {
-            std::fprintf(stderr, "pm_load: %s %s n=%zu threads=%zu failed\n", scenario.c_str(), impl, n, threads);
-            return 1;
+        // The two impls take turns, so that a spell of machine noise hits
+        // both; each prints the median of its repetitions.
+        std::vector<Sample> samples[2];
+        for (std::size_t rep = 0; rep < repeat; ++rep) {
+          for (int k = 0; k < 2; ++k) {
+            const bool is_pm = k == 0;
+            std::fprintf(stderr, "pm_load: %s %s n=%zu threads=%zu (%zu/%zu)\n", scenario.c_str(), impl_name(is_pm), n,
+                         threads, rep + 1, repeat);
+            const std::string body = isolated([&]() -> std::string {
+              if (scenario == "churn") return is_pm ? pm_churn(n, threads) : bare_churn(n, threads);
+              if (scenario == "restart") return is_pm ? pm_restart(threads) : bare_restart(threads);
+              return is_pm ? pm_scenario(scenario, n, threads) : bare_scenario(scenario, n, threads);
+            });
+            const auto sample = parse_sample(body);
+            if (!sample) {
+              std::fprintf(stderr, "pm_load: %s %s n=%zu threads=%zu failed\n", scenario.c_str(), impl_name(is_pm), n,
+                           threads);
+              return 1;
+            }
+            samples[k].push_back(*sample);
           }
-          std::printf("{\"scenario\":\"%s\",\"impl\":\"%s\",\"n\":%zu,\"threads\":%zu,%s}\n", scenario.c_str(), impl, n,
-                      threads, body.c_str());
-          std::fflush(stdout);
         }
+        for (int k = 0; k < 2; ++k) {
+          std::printf("{\"scenario\":\"%s\",\"impl\":\"%s\",\"n\":%zu,\"threads\":%zu,%s}\n", scenario.c_str(),
+                      impl_name(k == 0), n, threads, median_of(samples[k]).c_str());
+        }
+        std::fflush(stdout);
       }
     }
   }

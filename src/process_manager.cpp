@@ -52,8 +52,23 @@ asio::any_io_executor base_of(const asio::any_io_executor& ex) {
   return ex;
 }
 
+/// True when the io_context was promised a single thread (concurrency hint
+/// 1, or a hint without scheduler locking): its handlers never run
+/// concurrently, so it serialises each child as a strand would.
+bool single_threaded(asio::io_context& ctx) {
+  const int hint = asio::use_service<asio::detail::io_context_impl>(ctx).concurrency_hint();
+  return hint == 1 || (BOOST_ASIO_CONCURRENCY_HINT_IS_SPECIAL(hint) &&
+                       !BOOST_ASIO_CONCURRENCY_HINT_IS_LOCKING(SCHEDULER, hint));
+}
+
+// A strand per child, except on an io_context that runs on one thread: there
+// a strand only costs (two extra scheduler hops per wake-up, an allocation
+// per child), as Asio's own documentation of implicit strands says.
 asio::any_io_executor strand_of(const asio::any_io_executor& base) {
-  if (const auto* io = base.target<asio::io_context::executor_type>()) return asio::make_strand(*io);
+  if (const auto* io = base.target<asio::io_context::executor_type>()) {
+    if (single_threaded(io->context())) return base;
+    return asio::make_strand(*io);
+  }
   if (const auto* tp = base.target<asio::thread_pool::executor_type>()) return asio::make_strand(*tp);
   return asio::make_strand(base);
 }
@@ -229,9 +244,11 @@ class ManagerRun {
 };
 
 ChildNode::~ChildNode() {
-  // Reached without the completion handler having run only when the
-  // io_context is torn down mid-run: keep the run's list honest.
-  if (run) {
+  // Still linked only when the completion handler never ran (the io_context
+  // was torn down mid-run): keep the run's list honest. Reading `linked`
+  // unlocked is safe: only child_ended unlinks, and it happens-before the
+  // release of the last reference.
+  if (run && linked) {
     std::lock_guard lock(run->core->mu);
     run->unlink(*this);
   }
@@ -277,37 +294,46 @@ std::vector<Failure> failures_of(const std::string& manager, const std::string& 
 void child_ended(const std::shared_ptr<ChildNode>& node, const std::exception_ptr& e) {
   ManagerRun& run = *node->run;
   ManagerCore& core = *run.core;
-  std::string child_name;
-  try {
-    child_name = node->runnable->process_name();
-  } catch (...) {
-    child_name = "<unnamed>";
-  }
+  // The name is needed only to report something: a clean end, the common
+  // case at shutdown, builds no string.
+  auto child_name = [&node]() -> std::string {
+    try {
+      return node->runnable->process_name();
+    } catch (...) {
+      return "<unnamed>";
+    }
+  };
   std::vector<Failure> new_failures;
   bool timed_out = false;
   std::vector<std::shared_ptr<ProcessControlHandler>> to_stop;
   bool late = false;
+  if (e) {
+    bool forced = false;
+    {
+      std::lock_guard lock(core.mu);
+      forced = node->forced;
+    }
+    if (forced && is_operation_aborted(e)) {
+      timed_out = true;
+    } else {
+      new_failures = failures_of(core.name, child_name(), e);
+    }
+  }
   {
     std::lock_guard lock(core.mu);
     late = !run.accepting;
     run.unlink(*node);
-    if (e) {
-      if (node->forced && is_operation_aborted(e)) {
-        timed_out = true;
-      } else {
-        new_failures = failures_of(core.name, child_name, e);
-        run.failures.insert(run.failures.end(), new_failures.begin(), new_failures.end());
-        to_stop = run.begin_stop();
-      }
-    } else if (!core.auto_cleanup) {
+    if (!new_failures.empty()) {
+      run.failures.insert(run.failures.end(), new_failures.begin(), new_failures.end());
+      to_stop = run.begin_stop();
+    } else if (!e && !core.auto_cleanup) {
       ++core.finished_kept;
     }
     if (run.live == 0) run.poke();
   }
-  const std::string path = core.name + "/" + child_name;
   for (const auto& f : new_failures) log_line("ERROR", f.process_name, one_failure(f));
-  if (timed_out) log_line("WARN", path, "did not stop within the grace period; cancelled");
-  if (late) log_line("WARN", path, "ended after its manager had abandoned it");
+  if (timed_out) log_line("WARN", core.name + "/" + child_name(), "did not stop within the grace period; cancelled");
+  if (late) log_line("WARN", core.name + "/" + child_name(), "ended after its manager had abandoned it");
   tell_all(to_stop, RuntimeControlMessage::shutdown());
 }
 

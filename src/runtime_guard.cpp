@@ -36,7 +36,12 @@ void throw_ticker_moved_from() { throw std::logic_error("RuntimeTicker used afte
 
 void GuardState::control(RuntimeControlMessage msg) {
   std::lock_guard lock(mu_);
-  inbox_.push_back(std::move(msg));
+  if (!has_first_ && head_ == inbox_.size()) {
+    first_ = std::move(msg);
+    has_first_ = true;
+  } else {
+    inbox_.push_back(std::move(msg));
+  }
   pending_.fetch_add(1, std::memory_order_release);
   // One wake-up in flight is enough: it looks at the inbox when it runs.
   // Posting under the lock means the executor cannot be released (by the
@@ -68,6 +73,11 @@ void GuardState::wake(std::uint64_t generation) noexcept {
 
 RuntimeControlMessage GuardState::take() {
   std::lock_guard lock(mu_);
+  if (has_first_) {
+    has_first_ = false;
+    pending_.fetch_sub(1, std::memory_order_release);
+    return std::move(first_);
+  }
   RuntimeControlMessage msg = std::move(inbox_[head_]);
   if (++head_ == inbox_.size()) {
     inbox_.clear();  // keeps the capacity for the next burst

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <mutex>
 #include <thread>
 
 #include "support.hpp"
@@ -576,3 +577,35 @@ TEST(process_manager, a_manager_stopped_before_it_starts_tells_each_child_once) 
 }
 
 }  // namespace
+
+namespace {
+
+/// Records whether each child ran on a strand or on the bare io_context.
+std::vector<bool> children_on_strands(asio::io_context& io, std::size_t threads) {
+  auto on_strand = std::make_shared<std::vector<bool>>();
+  auto mu = std::make_shared<std::mutex>();
+  ProcessManagerBuilder b;
+  b.name("exec");
+  for (int i = 0; i < 3; ++i) {
+    b.pre_insert(pm::make_runnable("probe", [on_strand, mu](pm::RuntimeContext&) -> asio::awaitable<void> {
+      auto ex = co_await asio::this_coro::executor;
+      std::lock_guard lock(*mu);
+      on_strand->push_back(ex.target<asio::io_context::executor_type>() == nullptr);
+    }));
+  }
+  EXPECT_EQ(run_manager(io, b.build(), threads), nullptr);
+  return *on_strand;
+}
+
+}  // namespace
+
+// An io_context promised one thread (concurrency hint 1) serialises its
+// handlers already: children run on it directly, sparing a strand each.
+TEST(process_manager, children_skip_strands_only_on_a_single_threaded_io_context) {
+  asio::io_context one(1);
+  EXPECT_EQ(children_on_strands(one, 1), std::vector<bool>({false, false, false}));
+  asio::io_context two(2);
+  EXPECT_EQ(children_on_strands(two, 2), std::vector<bool>({true, true, true}));
+  asio::io_context unhinted;
+  EXPECT_EQ(children_on_strands(unhinted, 1), std::vector<bool>({true, true, true}));
+}

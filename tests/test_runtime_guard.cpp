@@ -53,6 +53,33 @@ TEST(runtime_guard, messages_sent_before_the_ticker_are_delivered_first_in_order
   EXPECT_EQ(kinds[2], pm::ControlKind::shutdown);
 }
 
+// The inbox keeps its oldest message inline and the rest in a vector: sends
+// and takes interleaved in every pattern must still come out in order.
+TEST(runtime_guard, interleaved_sends_and_takes_keep_fifo_order) {
+  RuntimeGuard guard("fifo");
+  auto h = guard.handle();
+  // How many messages to send before each take; 0 means "take only".
+  const std::vector<int> pattern{1, 0, 3, 0, 1, 0, 0, 0, 2, 1, 0, 0, 0, 70, 0, 5, 0, 0, 0, 0};
+  const int total = 83;
+  auto got = run_coro([](RuntimeGuard* g, std::shared_ptr<pm::ProcessControlHandler> handle,
+                         std::vector<int> steps, int count) -> asio::awaitable<std::vector<int>> {
+    std::vector<int> out;
+    auto ex = co_await asio::this_coro::executor;
+    auto ticker = co_await g->runtime_ticker();
+    int sent = 0;
+    std::size_t step = 0;
+    while (static_cast<int>(out.size()) < count) {
+      const int burst = step < steps.size() ? steps[step++] : 0;
+      for (int i = 0; i < burst; ++i) handle->control(RuntimeControlMessage::custom(sent++));
+      auto op = co_await ticker.tick(asio::post(ex, asio::deferred));
+      if (op.is_control()) out.push_back(*op.control().custom_if<int>());
+    }
+    co_return out;
+  }(&guard, h, pattern, total));
+  ASSERT_EQ(got.size(), static_cast<std::size_t>(total));
+  for (int i = 0; i < total; ++i) EXPECT_EQ(got[static_cast<std::size_t>(i)], i);
+}
+
 TEST(runtime_guard, work_that_finishes_first_yields_its_result) {
   RuntimeGuard guard;
   auto v = run_coro([](RuntimeGuard* g) -> asio::awaitable<int> {
