@@ -20,8 +20,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
-#include <optional>
 #include <functional>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -408,7 +408,8 @@ int main(int argc, char** argv) {
     else if (arg == "--repeat")
       repeat = std::max<std::size_t>(1, std::stoul(argv[i + 1]));
     else {
-      std::fprintf(stderr, "usage: %s [--n 1000,10000,100000] [--threads 1,2] [--scenario NAME|all] [--repeat R]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--n 1000,10000,100000] [--threads 1,2] [--scenario NAME|all] [--repeat R]\n",
+                   argv[0]);
       return 2;
     }
   }

@@ -95,19 +95,19 @@ asio::awaitable<void> SignalReceiver::process_start() {
     if (is_in(options_.stop_signals, sig)) {
       int expected = 0;
       if (stop_signal_.compare_exchange_strong(expected, sig)) {
-        log_line("INFO", "signal-receiver", "received " + signal_name(sig) + ": shutting down gracefully");
+        log_line(LogLevel::info, "signal-receiver", "received " + signal_name(sig) + ": shutting down gracefully");
         tree_->request_shutdown();
       } else if (sig == SIGINT || sig == SIGTERM) {
         escalation_signal_.store(sig);
-        log_line("WARN", "signal-receiver",
+        log_line(LogLevel::warn, "signal-receiver",
                  "received " + signal_name(sig) + " again during the shutdown: stopping at once");
         if (options_.escalate) options_.escalate(sig);
       } else {
-        log_line("INFO", "signal-receiver", "received " + signal_name(sig) + ": already shutting down");
+        log_line(LogLevel::info, "signal-receiver", "received " + signal_name(sig) + ": already shutting down");
       }
     } else if (is_in(options_.reload_signals, sig)) {
       reloads_.fetch_add(1);
-      log_line("INFO", "signal-receiver", "received " + signal_name(sig) + ": reloading");
+      log_line(LogLevel::info, "signal-receiver", "received " + signal_name(sig) + ": reloading");
       tree_->request_reload();
     }
   }
@@ -372,7 +372,7 @@ asio::awaitable<void> RestartSupervisor::process_start() {
     if (recent.size() >= opts.max_restarts) {
       const std::string reason = "restart intensity exceeded (" + std::to_string(recent.size()) + " restarts within " +
                                  millis(opts.window) + "); gave up";
-      log_line("ERROR", state->name, reason);
+      log_line(LogLevel::error, state->name, reason);
       if (!error) error = std::make_exception_ptr(std::runtime_error("ended normally (permanent restart policy)"));
       throw ProcessError(state->name, error, {}, reason);
     }
@@ -387,7 +387,7 @@ asio::awaitable<void> RestartSupervisor::process_start() {
     recent.push_back(now);
     state->restarts.fetch_add(1);
     state->last_backoff_ns.store(backoff.count());
-    log_line("WARN", state->name,
+    log_line(LogLevel::warn, state->name,
              (error ? describe(error) : std::string("ended")) + "; restarting in " + millis(backoff) + " (restart " +
                  std::to_string(state->restarts.load()) + ")");
 

@@ -1,11 +1,15 @@
 #include <processmanager/process_manager.hpp>
 
+#include <processmanager/builtin/restart.hpp>
+
 #include <algorithm>
 #include <atomic>
 #include <deque>
 #include <mutex>
 #include <optional>
+#include <random>
 #include <stdexcept>
+#include <typeinfo>
 #include <utility>
 
 #include "log.hpp"
@@ -57,20 +61,22 @@ asio::any_io_executor base_of(const asio::any_io_executor& ex) {
 /// concurrently, so it serialises each child as a strand would.
 bool single_threaded(asio::io_context& ctx) {
   const int hint = asio::use_service<asio::detail::io_context_impl>(ctx).concurrency_hint();
-  return hint == 1 || (BOOST_ASIO_CONCURRENCY_HINT_IS_SPECIAL(hint) &&
-                       !BOOST_ASIO_CONCURRENCY_HINT_IS_LOCKING(SCHEDULER, hint));
+  return hint == 1 ||
+         (BOOST_ASIO_CONCURRENCY_HINT_IS_SPECIAL(hint) && !BOOST_ASIO_CONCURRENCY_HINT_IS_LOCKING(SCHEDULER, hint));
 }
 
 // A strand per child, except on an io_context that runs on one thread: there
 // a strand only costs (two extra scheduler hops per wake-up, an allocation
 // per child), as Asio's own documentation of implicit strands says.
-asio::any_io_executor strand_of(const asio::any_io_executor& base) {
+std::unique_ptr<asio::any_io_executor> strand_of(const asio::any_io_executor& base) {
   if (const auto* io = base.target<asio::io_context::executor_type>()) {
-    if (single_threaded(io->context())) return base;
-    return asio::make_strand(*io);
+    if (single_threaded(io->context())) return nullptr;
+    return std::make_unique<asio::any_io_executor>(asio::make_strand(*io));
   }
-  if (const auto* tp = base.target<asio::thread_pool::executor_type>()) return asio::make_strand(*tp);
-  return asio::make_strand(base);
+  if (const auto* tp = base.target<asio::thread_pool::executor_type>()) {
+    return std::make_unique<asio::any_io_executor>(asio::make_strand(*tp));
+  }
+  return std::make_unique<asio::any_io_executor>(asio::make_strand(base));
 }
 
 }  // namespace
@@ -92,30 +98,57 @@ std::string describe(const Failure& f) {
 }
 
 ProcessError::ProcessError(std::string process_name, std::exception_ptr cause, std::vector<Failure> failures,
-                           std::string reason)
+                           std::string reason, std::vector<std::string> not_stopped)
     : std::runtime_error(summary(first_of(process_name, cause, failures, reason))),
-      failures_(first_of(std::move(process_name), std::move(cause), std::move(failures), std::move(reason))) {}
+      failures_(first_of(std::move(process_name), std::move(cause), std::move(failures), std::move(reason))),
+      not_stopped_(std::move(not_stopped)) {}
+
+std::vector<Failure> ProcessError::collateral() const {
+  std::vector<Failure> out;
+  for (std::size_t i = 1; i < failures_.size(); ++i) {
+    if (failures_[i].collateral) out.push_back(failures_[i]);
+  }
+  return out;
+}
 
 namespace detail {
 
 class ManagerRun;
+class ManagerCore;
+
+using sys_clock = std::chrono::system_clock;
+
+sys_clock::time_point now_us() {
+  // Microseconds: what status JSON carries, so that a snapshot round-trips.
+  return std::chrono::time_point_cast<std::chrono::microseconds>(sys_clock::now());
+}
 
 /// One started child. Owned by its completion handler (and briefly by
 /// whoever posts to its strand); the run's list holds plain pointers to the
 /// live ones, unlinked under the manager's lock before the node can die.
-struct ChildNode : std::enable_shared_from_this<ChildNode> {
-  ChildNode(std::shared_ptr<Runnable> r, std::shared_ptr<ProcessControlHandler> h, asio::any_io_executor s,
-            std::shared_ptr<ManagerRun> run_)
-      : runnable(std::move(r)), handle(std::move(h)), strand(std::move(s)), run(std::move(run_)) {}
+struct ChildNode final : ReadinessTarget, std::enable_shared_from_this<ChildNode> {
+  ChildNode(std::shared_ptr<Runnable> r, std::shared_ptr<ProcessControlHandler> h,
+            std::unique_ptr<asio::any_io_executor> s, std::shared_ptr<ManagerRun> run_,
+            std::shared_ptr<const ChildOptions> o)
+      : runnable(std::move(r)),
+        handle(std::move(h)),
+        strand(std::move(s)),
+        run(std::move(run_)),
+        options(std::move(o)) {}
+  void on_ready(bool declared) override;
+  /// Where its coroutine runs: its strand, or the manager's base executor
+  /// when that runs on one thread.
+  const asio::any_io_executor& executor() const;
   ~ChildNode();
   ChildNode(const ChildNode&) = delete;
   ChildNode& operator=(const ChildNode&) = delete;
 
   std::shared_ptr<Runnable> runnable;
   std::shared_ptr<ProcessControlHandler> handle;
-  asio::any_io_executor strand;
-  asio::cancellation_signal cancel;  // the child coroutine's parent slot
+  std::unique_ptr<asio::any_io_executor> strand;  // null: the run's base serialises already
+  asio::cancellation_signal cancel;               // the child coroutine's parent slot
   std::shared_ptr<ManagerRun> run;
+  std::shared_ptr<const ChildOptions> options;  // null: the defaults
 
   bool done = false;  // strand-local
 
@@ -124,29 +157,164 @@ struct ChildNode : std::enable_shared_from_this<ChildNode> {
   ChildNode* next = nullptr;
   bool linked = false;
   bool forced = false;
+  bool ready = false;
+  bool told = false;
+  bool watches = false;           // its handle reports readiness
+  bool parked = false;            // ended; waits in the run's parked list to be restarted
+  bool group = false;             // told to stop so that its group can restart together
+  std::uint32_t restarts = 0;     // for status
+  std::uint32_t consecutive = 0;  // restarts since it last ran reset_after without ending
+  clock::time_point run_started{};
+  ChildState state = ChildState::starting;
+  sys_clock::time_point since{};
+  // When it started, until told to stop; then when told, until forced; then
+  // when forced. One field: each deadline only needs the latest.
+  clock::time_point mark{};
+  std::exception_ptr last_error{};
+
+  std::chrono::nanoseconds timeout_or(std::chrono::nanoseconds grace) const {
+    return options && options->shutdown_timeout ? *options->shutdown_timeout : grace;
+  }
+  std::string name() const {
+    try {
+      return runnable->process_name();
+    } catch (...) {
+      return "<unnamed>";
+    }
+  }
+};
+
+/// Someone waiting in wait_ready().
+struct ReadyWaiter {
+  explicit ReadyWaiter(const asio::any_io_executor& ex) : timer(ex) {}
+  asio::steady_timer timer;
+  bool done = false;  // under the core's lock
+  bool result = false;
 };
 
 /// The manager's shared state: its children, its current run, the messages
 /// sent while it is not running.
 class ManagerCore final : public std::enable_shared_from_this<ManagerCore> {
  public:
-  ManagerCore(std::string name_, std::chrono::nanoseconds grace_, std::chrono::nanoseconds abandon_, bool cleanup)
-      : name(std::move(name_)), grace(grace_), abandon(abandon_), auto_cleanup(cleanup) {}
+  struct Config {
+    std::string name;
+    std::chrono::nanoseconds grace = default_grace;
+    std::chrono::nanoseconds abandon = default_abandon;
+    bool auto_cleanup = true;
+    StartOrder order = StartOrder::concurrent;
+    Strategy strategy = Strategy::stop_all;
+    std::size_t max_restarts = 3;
+    std::chrono::nanoseconds window = std::chrono::seconds(5);
+    EventHook hook{};
+  };
+  explicit ManagerCore(Config c)
+      : name(std::move(c.name)),
+        grace(c.grace),
+        abandon(c.abandon),
+        auto_cleanup(c.auto_cleanup),
+        order(c.order),
+        strategy(c.strategy),
+        max_restarts(c.max_restarts),
+        window(c.window),
+        hook(std::move(c.hook)) {}
 
   void control(RuntimeControlMessage msg);
   asio::awaitable<void> shutdown();
+
+  /// Whether state-change events need building: someone listens, or debug
+  /// logging is on. Warnings and errors are always built (they are logged).
+  bool observed() const { return hook || debug_log || forward.load(std::memory_order_relaxed); }
+  /// Queues an event; call with `mu` held, then flush() after unlocking.
+  void queue(Event ev, bool forwarded = false) {
+    events.emplace_back(std::move(ev), forwarded);
+    has_events.store(true, std::memory_order_release);
+  }
+  /// Delivers queued events in order, from one thread at a time, unlocked.
+  /// Whoever queued an event calls it after unlocking, so a stale "none"
+  /// here only means another thread's flush delivers it.
+  void flush() {
+    if (has_events.load(std::memory_order_acquire)) flush_queued();
+  }
+  void flush_queued();
+  /// Sets the manager's own state; under `mu`.
+  void set_self(ChildState s) {
+    self_state = s;
+    self_since = now_us();
+  }
 
   const std::string name;
   const std::chrono::nanoseconds grace;
   const std::chrono::nanoseconds abandon;
   const bool auto_cleanup;
+  const StartOrder order;
+  const Strategy strategy;
+  const std::size_t max_restarts;
+  const std::chrono::nanoseconds window;
+  const EventHook hook;
+  const bool debug_log = log_enabled(LogLevel::debug);  // PM_LOG is read once per process
 
   mutable std::mutex mu;
-  std::vector<std::shared_ptr<Runnable>> inserted;
+  std::vector<std::pair<std::shared_ptr<Runnable>, std::shared_ptr<const ChildOptions>>> inserted;
   std::weak_ptr<ManagerRun> current;
   std::deque<RuntimeControlMessage> pending;  // sent while not running
   std::size_t finished_kept = 0;              // finished children kept (auto_cleanup off)
+  bool ready = false;                         // every child ready, not stopping
+  bool finished = false;                      // a run ended and no other began
+  ChildState self_state = ChildState::stopped;
+  sys_clock::time_point self_since{};
+  std::string self_error;
+  std::function<void(bool)> ready_watch;  // a parent manager watching us
+  std::vector<std::shared_ptr<ReadyWaiter>> ready_waiters;
+  std::weak_ptr<ManagerCore> parent;  // set while we run as a child of another manager
+  std::atomic<bool> forward{false};   // the parent observes: pass our events up
+
+  std::vector<std::pair<Event, bool>> events;  // queued, with "forwarded"
+  std::atomic<bool> has_events{false};         // lets flush() skip the lock when idle
+  bool dispatching = false;
 };
+
+void ManagerCore::flush_queued() {
+  for (;;) {
+    std::vector<std::pair<Event, bool>> batch;
+    std::shared_ptr<ManagerCore> up;
+    {
+      std::lock_guard lock(mu);
+      if (dispatching || events.empty()) return;
+      dispatching = true;
+      batch.swap(events);
+      has_events.store(false, std::memory_order_relaxed);
+      if (forward.load(std::memory_order_relaxed)) up = parent.lock();
+    }
+    for (auto& [ev, forwarded] : batch) {
+      // A nested manager logged its own events already.
+      if (!forwarded) {
+        const LogLevel level = level_of(ev);
+        if (log_enabled(level)) log(level, ev.path, describe(ev));
+      }
+      if (hook) {
+        try {
+          hook(ev);
+        } catch (...) {
+          // A hook that throws must not stop the story for the others.
+        }
+      }
+      if (up) {
+        Event copy = ev;
+        copy.path = up->name + "/" + ev.path;
+        {
+          std::lock_guard lock(up->mu);
+          up->queue(std::move(copy), true);
+        }
+      }
+    }
+    if (up) up->flush();
+    {
+      std::lock_guard lock(mu);
+      dispatching = false;
+      if (events.empty()) return;
+    }
+  }
+}
 
 /// The manager's handle. It refers to the core weakly: a child that keeps
 /// its own manager's handle (to stop the tree, say) must not keep the
@@ -168,9 +336,34 @@ class ManagerHandle final : public ProcessControlHandler {
     control(RuntimeControlMessage::reload());
     co_return;
   }
+  bool watch_readiness(std::function<void(bool)> on_ready) override {
+    auto core = core_.lock();
+    if (!core) return false;
+    std::lock_guard lock(core->mu);
+    core->ready_watch = std::move(on_ready);
+    return true;
+  }
 
  private:
   std::weak_ptr<ManagerCore> core_;
+};
+
+/// Whom to tell that the manager's readiness changed (rarely set).
+struct ReadyChange {
+  std::function<void(bool)> watch;
+  std::vector<std::shared_ptr<ReadyWaiter>> waiters;
+};
+using ReadyNotice = std::optional<ReadyChange>;
+
+/// What the run loop decided under the lock, carried out after it.
+struct Actions {
+  std::vector<std::shared_ptr<ProcessControlHandler>> tell;  // shutdown
+  std::vector<std::shared_ptr<ChildNode>> force;
+  std::vector<std::shared_ptr<Runnable>> abandoned;
+  std::vector<std::pair<std::shared_ptr<Runnable>, std::shared_ptr<const ChildOptions>>> start;
+  std::vector<std::shared_ptr<ChildNode>> restart;
+  std::vector<std::shared_ptr<ChildNode>> released;  // dropped after the lock: their destructors run user code
+  bool give_up = false;
 };
 
 /// One execution of process_start(). Shared by its frame and its children,
@@ -184,62 +377,419 @@ class ManagerRun {
   const asio::any_io_executor base;
 
   // Everything below is under core->mu.
-  ChildNode* head = nullptr;
+  ChildNode* head = nullptr;  // insertion order, head first
+  ChildNode* tail = nullptr;
   std::size_t live = 0;
+  std::size_t ready_count = 0;
+  std::size_t special = 0;  // live children with a shutdown or start timeout of their own
   bool accepting = true;
   bool stopping = false;
   bool forcing = false;
   clock::time_point stop_at{};
   clock::time_point force_at{};
   std::vector<Failure> failures;
+  std::vector<std::string> not_stopped;
   asio::steady_timer* timer = nullptr;
   bool wake = false;
   std::vector<std::pair<asio::any_io_executor, asio::any_completion_handler<void()>>> stopped_waiters;
+  // Sequential start: the children still to start, and the one whose
+  // readiness the next start waits for.
+  std::deque<std::pair<std::shared_ptr<Runnable>, std::shared_ptr<const ChildOptions>>> to_start;
+  std::shared_ptr<ChildNode> awaiting;
+  std::deque<RuntimeControlMessage> initial;  // kept messages, for children started later
+  // Restarting strategies.
+  std::vector<std::shared_ptr<ChildNode>> parked;  // ended children waiting for their restart (mark = when)
+  std::size_t group_running = 0;                   // group members told to stop and still running
+  clock::time_point group_restart_at{};            // when the current group restarts
+  std::deque<clock::time_point> restart_times;     // within the intensity window
+
+  bool sequential() const { return core->order == StartOrder::sequential; }
 
   void link(ChildNode& n) {
-    n.next = head;
-    if (head != nullptr) head->prev = &n;
-    head = &n;
+    n.prev = tail;
+    if (tail != nullptr) tail->next = &n;
+    tail = &n;
+    if (head == nullptr) head = &n;
     n.linked = true;
     ++live;
+    if (n.options && (n.options->shutdown_timeout || n.options->start_timeout)) ++special;
   }
   void unlink(ChildNode& n) {
     if (!n.linked) return;
     if (n.prev != nullptr) n.prev->next = n.next;
     if (n.next != nullptr) n.next->prev = n.prev;
     if (head == &n) head = n.next;
+    if (tail == &n) tail = n.prev;
     n.prev = n.next = nullptr;
     n.linked = false;
     --live;
+    if (n.ready) --ready_count;
+    if (n.options && (n.options->shutdown_timeout || n.options->start_timeout)) --special;
   }
   /// Wakes the run's loop; call with core->mu held.
   void poke() {
     wake = true;
     if (timer != nullptr) timer->cancel();
   }
-  /// Starts the graceful stop; returns the handles to tell. Under core->mu.
-  std::vector<std::shared_ptr<ProcessControlHandler>> begin_stop() {
-    std::vector<std::shared_ptr<ProcessControlHandler>> handles;
-    if (stopping) return handles;
+
+  /// Records a state change and queues its event. Under core->mu.
+  void set_state(ChildNode& n, ChildState to, std::exception_ptr cause = {}, std::string detail = {},
+                 sys_clock::time_point when = {}) {
+    if (n.state == to) return;
+    const ChildState from = n.state;
+    n.state = to;
+    n.since = when == sys_clock::time_point{} ? now_us() : when;
+    // Routine changes with nobody listening build nothing.
+    const bool notable = to == ChildState::failed || to == ChildState::abandoned || to == ChildState::restarting ||
+                         cause || !detail.empty();
+    if (!notable && !core->observed()) return;
+    Event ev;
+    ev.kind = EventKind::state;
+    ev.state = to;
+    ev.previous = from;
+    ev.cause = std::move(cause);
+    ev.detail = std::move(detail);
+    ev.path = core->name + "/" + n.name();
+    ev.time = n.since;
+    core->queue(std::move(ev));
+  }
+
+  /// Whether the manager counts as ready now. Under core->mu.
+  bool all_ready() const { return accepting && !stopping && to_start.empty() && ready_count == live; }
+  /// Publishes a change of readiness: fills in who to tell. Under core->mu.
+  void update_ready(ReadyNotice& out) {
+    const bool now_ready = all_ready();
+    // Waiters also hear "false" once shutdown begins: it will not be ready.
+    if (now_ready == core->ready && !(stopping && !core->ready_waiters.empty())) return;
+    core->ready = now_ready;
+    out.emplace();
+    if (now_ready) {
+      core->set_self(ChildState::ready);
+      out->watch = core->ready_watch;
+    }
+    if (now_ready || stopping) {
+      for (auto& w : core->ready_waiters) {
+        w->done = true;
+        w->result = now_ready;
+      }
+      out->waiters.swap(core->ready_waiters);
+    }
+  }
+
+  /// Starts the graceful stop. Under core->mu; the returned actions say
+  /// whom to tell.
+  void begin_stop(Actions& act) {
+    if (stopping) return;
     stopping = true;
     stop_at = clock::now();
-    handles.reserve(live);
-    for (ChildNode* n = head; n != nullptr; n = n->next) handles.push_back(n->handle);
+    core->set_self(ChildState::stopping);
+    to_start.clear();  // a sequential start ends here
+    if (awaiting) act.released.push_back(std::move(awaiting));
+    awaiting.reset();
+    // Children waiting for a restart are simply done.
+    for (auto& p : parked) {
+      p->parked = false;
+      set_state(*p, ChildState::stopped, {}, "stopping; restart cancelled");
+      unlink(*p);
+      act.released.push_back(std::move(p));
+    }
+    parked.clear();
+    if (!sequential()) {
+      act.tell.reserve(act.tell.size() + live);
+      // Newest first, as a sequential stop would; it also suits Asio's
+      // timer heap, where the newest timers sit at the end and leave in O(1).
+      const auto when = now_us();  // one timestamp for the whole fan-out
+      for (ChildNode* n = tail; n != nullptr; n = n->prev) tell(*n, act, stop_at, when);
+    }
     poke();
-    return handles;
   }
-  /// Marks every live child forced and returns them. Under core->mu.
-  std::vector<std::shared_ptr<ChildNode>> begin_force() {
-    std::vector<std::shared_ptr<ChildNode>> nodes;
+  void tell(ChildNode& n, Actions& act, clock::time_point now, sys_clock::time_point when = {}) {
+    if (n.told) return;
+    n.told = true;
+    n.mark = now;
+    if (n.state != ChildState::stopped && n.state != ChildState::failed)
+      set_state(n, ChildState::stopping, {}, {}, when);
+    act.tell.push_back(n.handle);
+  }
+  void force_one(ChildNode& n, clock::time_point now, Actions& act) {
+    if (n.forced) return;
+    n.forced = true;
+    n.mark = now;
+    if (auto sp = n.weak_from_this().lock()) act.force.push_back(std::move(sp));
+  }
+  /// Marks every live child forced. Under core->mu.
+  void begin_force(Actions& act) {
     forcing = true;
     stopping = true;
     force_at = clock::now();
-    nodes.reserve(live);
-    for (ChildNode* n = head; n != nullptr; n = n->next) {
-      n->forced = true;
-      if (auto sp = n->weak_from_this().lock()) nodes.push_back(std::move(sp));
+    act.force.reserve(live);
+    for (ChildNode* n = tail; n != nullptr; n = n->prev) force_one(*n, force_at, act);
+  }
+  void abandon(ChildNode& n, Actions& act) {
+    const std::string path = core->name + "/" + n.name();
+    not_stopped.push_back(path);
+    Event ev;
+    ev.kind = EventKind::abandoned;
+    ev.path = path;
+    ev.time = now_us();
+    ev.detail = "ignored terminal cancellation; abandoned so that the manager can stop";
+    core->queue(std::move(ev));
+    set_state(n, ChildState::abandoned);
+    act.abandoned.push_back(n.runnable);
+    unlink(n);
+  }
+
+  /// The next moment the loop must look, given the state. Under core->mu.
+  clock::time_point next_deadline() const {
+    clock::time_point d = clock::time_point::max();
+    if (forcing) {
+      d = force_at + core->abandon;
+    } else if (stopping && !sequential() && special == 0) {
+      d = stop_at + core->grace;
     }
-    return nodes;
+    if (!stopping && !parked.empty() && group_running == 0) {
+      for (const auto& p : parked) d = std::min(d, p->mark);
+    }
+    if (special > 0 || sequential() || (group_running > 0 && !stopping)) {
+      for (const ChildNode* n = head; n != nullptr; n = n->next) {
+        if (n->parked) continue;
+        if (n->forced) {
+          d = std::min(d, n->mark + core->abandon);
+        } else if (n->told) {
+          d = std::min(d, n->mark + n->timeout_or(core->grace));
+        } else if (!stopping && !n->ready && n->options && n->options->start_timeout) {
+          d = std::min(d, n->mark + *n->options->start_timeout);
+        }
+      }
+    }
+    return d;
+  }
+
+  /// Looks at the clock and the children; decides what to do. Under core->mu.
+  void plan(clock::time_point now, bool parent_cancelled, Actions& act) {
+    if (parent_cancelled && !forcing) {
+      begin_force(act);
+      return;
+    }
+    if (!stopping && (special > 0 || sequential())) check_start_timeouts(now, act);
+    if (!stopping && group_running > 0) plan_group_stop(now, act);
+    if (!stopping && !parked.empty() && group_running == 0) plan_restarts(now, act);
+    if (!stopping && sequential()) {
+      const bool gate_open = !awaiting || awaiting->ready || !awaiting->linked;
+      if (gate_open && !to_start.empty()) {
+        act.start.push_back(std::move(to_start.front()));
+        to_start.pop_front();
+      }
+      return;
+    }
+    if (!stopping) return;
+    if (forcing) {
+      if (now >= force_at + core->abandon) {
+        give_up(act);
+      }
+      return;
+    }
+    if (sequential()) {
+      plan_sequential_stop(now, act);
+    } else if (special == 0) {
+      if (now >= stop_at + core->grace) begin_force(act);
+    } else {
+      // Some children have timeouts of their own: each is forced at its
+      // own deadline, and abandoned at its own bound after that.
+      for (ChildNode* n = head; n != nullptr;) {
+        ChildNode* next = n->next;
+        if (n->forced) {
+          if (now >= n->mark + core->abandon) abandon(*n, act);
+        } else if (n->told && now >= n->mark + n->timeout_or(core->grace)) {
+          force_one(*n, now, act);
+        }
+        n = next;
+      }
+    }
+  }
+
+  /// Reverse insertion order: the last live child is told, waited for (its
+  /// own timeout), forced, and abandoned after the bound, before the one
+  /// before it is told.
+  void plan_sequential_stop(clock::time_point now, Actions& act) {
+    while (tail != nullptr) {
+      ChildNode& n = *tail;
+      if (!n.told) {
+        tell(n, act, now);
+        return;
+      }
+      if (!n.forced) {
+        if (now >= n.mark + n.timeout_or(core->grace)) force_one(n, now, act);
+        return;
+      }
+      if (now < n.mark + core->abandon) return;
+      abandon(n, act);
+    }
+  }
+
+  /// Group members that outstay their shutdown timeout are cancelled, and
+  /// abandoned after the bound (they are then not restarted).
+  void plan_group_stop(clock::time_point now, Actions& act) {
+    for (ChildNode* n = head; n != nullptr;) {
+      ChildNode* next = n->next;
+      if (n->group && !n->parked) {
+        if (n->forced) {
+          if (now >= n->mark + core->abandon) {
+            n->group = false;
+            --group_running;
+            abandon(*n, act);
+          }
+        } else if (n->told && now >= n->mark + n->timeout_or(core->grace)) {
+          force_one(*n, now, act);
+        }
+      }
+      n = next;
+    }
+  }
+
+  /// Restarts the parked children whose time has come, in insertion order
+  /// (one at a time, each once the previous is ready, when sequential).
+  void plan_restarts(clock::time_point now, Actions& act) {
+    if (sequential() && awaiting && awaiting->linked && !awaiting->ready && !awaiting->parked) return;
+    for (ChildNode* n = head; n != nullptr; n = n->next) {
+      if (!n->parked || n->mark > now) continue;
+      auto it = std::find_if(parked.begin(), parked.end(), [n](const auto& p) { return p.get() == n; });
+      n->parked = false;
+      act.restart.push_back(std::move(*it));
+      parked.erase(it);
+      if (sequential()) break;
+    }
+  }
+
+  /// Under a restarting strategy, decides what a child's end means. Returns
+  /// true when it is handled here: kept for a restart, let go without
+  /// failing the manager (temporary), or the manager gave up. Under core->mu.
+  bool supervise_end(const std::shared_ptr<ChildNode>& node, const std::exception_ptr& e, bool failed, Actions& act) {
+    if (core->strategy == Strategy::stop_all) return false;
+    ChildNode& n = *node;
+    if (stopping) {
+      // No restarts now; but a temporary child's failure stays its own.
+      const bool temporary = n.options && n.options->restart && n.options->restart->policy == RestartPolicy::temporary;
+      if (!failed || !temporary) return false;
+      n.last_error = e;
+      set_state(n, ChildState::failed, e, "temporary child; not restarted");
+      return true;
+    }
+    const clock::time_point now = clock::now();
+    if (n.group) {
+      // Stopped so that its group restarts together: wait with the others.
+      n.group = false;
+      --group_running;
+      if (failed) n.last_error = e;
+      park(node, std::max(now, group_restart_at));
+      set_state(n, ChildState::restarting, {}, "restarting with its group");
+      return true;
+    }
+    const RestartOptions ro = n.options && n.options->restart ? *n.options->restart : RestartOptions{};
+    const bool again = failed ? ro.policy != RestartPolicy::temporary : ro.policy == RestartPolicy::permanent;
+    if (!again) {
+      if (!failed) return false;
+      n.last_error = e;
+      set_state(n, ChildState::failed, e, "temporary child; not restarted");
+      return true;
+    }
+    const std::string path = core->name + "/" + n.name();
+    restart_times.push_back(now);
+    while (!restart_times.empty() && restart_times.front() + core->window < now) restart_times.pop_front();
+    if (restart_times.size() > core->max_restarts) {
+      const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(core->window).count();
+      std::string reason = "restart intensity exceeded (" + std::to_string(restart_times.size()) + " restarts within " +
+                           std::to_string(ms) + " ms)";
+      std::exception_ptr cause = e;
+      if (!cause) cause = std::make_exception_ptr(std::runtime_error("'" + path + "' ended and is permanent"));
+      Event ev;
+      ev.kind = EventKind::give_up;
+      ev.path = path;
+      ev.time = now_us();
+      ev.cause = cause;
+      ev.detail = reason;
+      core->queue(std::move(ev));
+      n.last_error = cause;
+      set_state(n, ChildState::failed, cause, reason);
+      failures.push_back(Failure{path, cause, std::move(reason), false});
+      begin_stop(act);
+      return true;
+    }
+    // Backoff: initial * factor^(k-1), capped, k counting the restarts since
+    // the child last ran reset_after without ending.
+    if (now - n.run_started >= ro.reset_after) n.consecutive = 0;
+    ++n.consecutive;
+    double delay = static_cast<double>(ro.backoff.initial.count());
+    for (std::uint32_t i = 1; i < n.consecutive && delay < static_cast<double>(ro.backoff.max.count()); ++i) {
+      delay *= ro.backoff.factor;
+    }
+    delay = std::min(delay, static_cast<double>(ro.backoff.max.count()));
+    if (ro.backoff.jitter && delay > 0) {
+      thread_local std::minstd_rand rng{std::random_device{}()};
+      delay = std::uniform_real_distribution<double>(0.0, delay)(rng);
+    }
+    const auto backoff = std::chrono::nanoseconds(static_cast<std::int64_t>(delay));
+    ++n.restarts;
+    if (failed) n.last_error = e;
+    Event ev;
+    ev.kind = EventKind::restart;
+    ev.path = path;
+    ev.time = now_us();
+    ev.cause = e;
+    ev.backoff = backoff;
+    ev.detail = failed ? "failed" : "ended; permanent";
+    core->queue(std::move(ev));
+    park(node, now + backoff);
+    set_state(n, ChildState::restarting, e);
+    // The rest of its group stops (newest first) and restarts with it.
+    if (core->strategy != Strategy::one_for_one) {
+      group_restart_at = now + backoff;
+      ChildNode* first = core->strategy == Strategy::one_for_all ? head : n.next;
+      for (ChildNode* m = tail; m != nullptr && first != nullptr; m = m->prev) {
+        if (m != &n && !m->parked && !m->group) {
+          m->group = true;
+          ++group_running;
+          tell(*m, act, now);
+        }
+        if (m == first) break;
+      }
+    }
+    return true;
+  }
+
+  void park(const std::shared_ptr<ChildNode>& node, clock::time_point at) {
+    ChildNode& n = *node;
+    n.parked = true;
+    n.mark = at;
+    n.told = false;
+    n.forced = false;
+    if (n.ready) {
+      n.ready = false;
+      --ready_count;
+    }
+    parked.push_back(node);
+  }
+
+  void check_start_timeouts(clock::time_point now, Actions& act) {
+    for (ChildNode* n = head; n != nullptr; n = n->next) {
+      if (n->ready || n->parked || n->told || !n->options || !n->options->start_timeout) continue;
+      if (now < n->mark + *n->options->start_timeout) continue;
+      const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(*n->options->start_timeout).count();
+      const std::string path = core->name + "/" + n->name();
+      auto cause = std::make_exception_ptr(
+          std::runtime_error("'" + path + "' did not become ready within " + std::to_string(ms) + " ms"));
+      failures.push_back(Failure{path, cause, "start timeout", false});
+      n->last_error = cause;
+      set_state(*n, ChildState::failed, cause, "start timeout");
+      begin_stop(act);
+      return;
+    }
+  }
+
+  void give_up(Actions& act) {
+    act.give_up = true;
+    accepting = false;
+    while (head != nullptr) abandon(*head, act);
   }
 };
 
@@ -270,71 +820,119 @@ void tell_all(const std::vector<std::shared_ptr<ProcessControlHandler>>& handles
 void force(const std::vector<std::shared_ptr<ChildNode>>& nodes) {
   for (const auto& n : nodes) {
     // Emitted on the child's strand, where its coroutine runs.
-    asio::post(n->strand, [n] {
+    asio::post(n->executor(), [n] {
       if (!n->done) n->cancel.emit(asio::cancellation_type::terminal);
     });
   }
 }
 
+void notify_ready(ReadyNotice& who) {
+  if (!who) return;
+  if (who->watch) who->watch(true);
+  for (auto& w : who->waiters) {
+    // The timer belongs to the waiter's executor; its wait was set up
+    // before the waiter was listed, so this cancel finds it.
+    asio::post(w->timer.get_executor(), [w] { w->timer.cancel(); });
+  }
+}
+
+/// Carries out what plan() decided, outside the lock.
+void execute(ManagerRun& run, Actions& act);
+
 /// The path of a failed child and what it threw, flattening a nested
 /// ProcessError so that the root names the leaf ("root/db/writer").
-std::vector<Failure> failures_of(const std::string& manager, const std::string& child, const std::exception_ptr& e) {
+std::vector<Failure> failures_of(const std::string& manager, const std::string& child, const std::exception_ptr& e,
+                                 bool collateral, std::vector<std::string>* not_stopped = nullptr) {
   try {
     std::rethrow_exception(e);
   } catch (const ProcessError& pe) {
     std::vector<Failure> out;
     out.reserve(pe.failures().size());
-    for (const auto& f : pe.failures()) out.push_back(Failure{manager + "/" + f.process_name, f.cause, f.reason});
+    for (const auto& f : pe.failures()) {
+      out.push_back(Failure{manager + "/" + f.process_name, f.cause, f.reason, collateral || f.collateral});
+    }
+    if (not_stopped != nullptr) {
+      for (const auto& p : pe.not_stopped()) not_stopped->push_back(manager + "/" + p);
+    }
     return out;
   } catch (...) {
-    return {Failure{manager + "/" + child, e}};
+    return {Failure{manager + "/" + child, e, {}, collateral}};
   }
 }
 
 void child_ended(const std::shared_ptr<ChildNode>& node, const std::exception_ptr& e) {
   ManagerRun& run = *node->run;
   ManagerCore& core = *run.core;
-  // The name is needed only to report something: a clean end, the common
-  // case at shutdown, builds no string.
-  auto child_name = [&node]() -> std::string {
-    try {
-      return node->runnable->process_name();
-    } catch (...) {
-      return "<unnamed>";
-    }
-  };
-  std::vector<Failure> new_failures;
+  Actions act;
   bool timed_out = false;
-  std::vector<std::shared_ptr<ProcessControlHandler>> to_stop;
   bool late = false;
+  std::vector<std::string> nested_not_stopped;
+  std::vector<Failure> new_failures;
   if (e) {
     bool forced = false;
+    bool collateral = false;
     {
       std::lock_guard lock(core.mu);
       forced = node->forced;
+      collateral = run.stopping;
     }
     if (forced && is_operation_aborted(e)) {
       timed_out = true;
     } else {
-      new_failures = failures_of(core.name, child_name(), e);
+      new_failures = failures_of(core.name, node->name(), e, collateral, &nested_not_stopped);
     }
   }
+  ReadyNotice readiness;
   {
     std::lock_guard lock(core.mu);
     late = !run.accepting;
-    run.unlink(*node);
-    if (!new_failures.empty()) {
+    const bool was_awaited = run.awaiting == node;
+    const bool failed = !new_failures.empty();
+    if (!late && run.supervise_end(node, e, failed, act)) {
+      // Kept for a restart, or let go: nothing more to do here.
+    } else if (timed_out) {
+      const std::string path = core.name + "/" + node->name();
+      run.not_stopped.push_back(path);
+      run.set_state(*node, ChildState::stopped, e, "did not stop within its timeout; cancelled");
+    } else if (!new_failures.empty()) {
+      node->last_error = e;
       run.failures.insert(run.failures.end(), new_failures.begin(), new_failures.end());
-      to_stop = run.begin_stop();
-    } else if (!e && !core.auto_cleanup) {
-      ++core.finished_kept;
+      run.not_stopped.insert(run.not_stopped.end(), nested_not_stopped.begin(), nested_not_stopped.end());
+      run.set_state(*node, ChildState::failed, e);
+      run.begin_stop(act);
+    } else {
+      if (late) {
+        run.set_state(*node, ChildState::stopped, {}, "ended after its manager had abandoned it");
+      } else {
+        run.set_state(*node, ChildState::stopped);
+      }
+      if (!core.auto_cleanup) ++core.finished_kept;
+      if (node->options && node->options->significant && !run.stopping) {
+        Event ev;
+        ev.kind = EventKind::state;
+        ev.path = core.name;
+        ev.time = now_us();
+        ev.state = ChildState::stopping;
+        ev.previous = core.self_state;
+        ev.detail = "significant child '" + node->name() + "' ended; stopping";
+        core.queue(std::move(ev));
+        run.begin_stop(act);
+      }
     }
-    if (run.live == 0) run.poke();
+    if (!node->parked) run.unlink(*node);
+    // The loop waits for the last child; in sequential order it also moves
+    // on at each end (the next start, or the next stop in reverse order);
+    // a restart or a group's end needs it too.
+    if (run.live == 0 || was_awaited || (run.sequential() && run.stopping) || run.special > 0 || node->parked ||
+        run.group_running > 0 || !run.parked.empty()) {
+      run.poke();
+    }
+    run.update_ready(readiness);
   }
-  for (const auto& f : new_failures) log_line("ERROR", f.process_name, one_failure(f));
-  if (timed_out) log_line("WARN", core.name + "/" + child_name(), "did not stop within the grace period; cancelled");
-  if (late) log_line("WARN", core.name + "/" + child_name(), "ended after its manager had abandoned it");
-  tell_all(to_stop, RuntimeControlMessage::shutdown());
+  core.flush();
+  notify_ready(readiness);
+  tell_all(act.tell, RuntimeControlMessage::shutdown());
+  force(act.force);
 }
 
 /// The completion handler of a child's coroutine: owns the node until the
@@ -351,25 +949,93 @@ struct ChildDone {
   }
 };
 
-void start_child(const std::shared_ptr<ManagerRun>& run, std::shared_ptr<Runnable> child,
-                 const std::deque<RuntimeControlMessage>& initial) {
+}  // namespace
+
+const asio::any_io_executor& ChildNode::executor() const { return strand ? *strand : run->base; }
+
+/// The child's handle reported readiness.
+void ChildNode::on_ready(bool declared) {
+  auto node = shared_from_this();
+  ManagerRun& run = *node->run;
+  ManagerCore& core = *run.core;
+  ReadyNotice readiness;
+  {
+    std::lock_guard lock(core.mu);
+    if (!node->linked || node->ready) return;
+    if (node->state != ChildState::starting && node->state != ChildState::running) return;
+    const auto t = now_us();
+    // A guard's first report (its ticker) is also when it counts as
+    // running: one critical section instead of two per child.
+    run.set_state(*node, ChildState::running, {}, {}, t);
+    if (!declared && node->options && node->options->explicit_ready) return;
+    node->ready = true;
+    ++run.ready_count;
+    run.set_state(*node, ChildState::ready, {}, {}, t);
+    if (run.awaiting == node) run.poke();
+    run.update_ready(readiness);
+  }
+  core.flush();
+  notify_ready(readiness);
+}
+
+namespace {
+
+std::shared_ptr<ChildNode> start_child(const std::shared_ptr<ManagerRun>& run, std::shared_ptr<Runnable> child,
+                                       std::shared_ptr<const ChildOptions> options,
+                                       const std::deque<RuntimeControlMessage>& initial) {
   ManagerCore& core = *run->core;
   std::shared_ptr<ProcessControlHandler> handle = child->process_handle();
   if (!handle) {
     throw std::invalid_argument("ProcessManager '" + core.name + "': child '" + child->process_name() +
                                 "' returned a null process_handle()");
   }
-  auto node = std::make_shared<ChildNode>(std::move(child), handle, strand_of(run->base), run);
+  auto node = std::make_shared<ChildNode>(std::move(child), handle, strand_of(run->base), run, std::move(options));
+  // A nested manager passes its events up when we have listeners.
+  if (core.observed()) {
+    if (auto* nested = dynamic_cast<ProcessManager*>(node->runnable.get())) detail::attach_parent(*nested, run->core);
+  }
+  // A guard's handle takes the node itself as its watcher (no function
+  // object to allocate per child); any other handle gets a function.
+  if (typeid(*handle) == typeid(GuardState)) {
+    static_cast<GuardState&>(*handle).watch_target(std::weak_ptr<ReadinessTarget>(node));
+    node->watches = true;
+  } else {
+    node->watches = handle->watch_readiness([weak = std::weak_ptr<ChildNode>(node)](bool declared) {
+      if (auto n = weak.lock()) n->on_ready(declared);
+    });
+  }
   bool stop_now = false;
+  ReadyNotice readiness;
   {
     std::lock_guard lock(core.mu);
     if (!run->accepting) {
       node->run.reset();
       throw std::logic_error("ProcessManager '" + core.name + "': add() after the manager finished");
     }
+    node->since = now_us();
+    if (node->options && node->options->start_timeout) node->mark = clock::now();
+    if (core.strategy != Strategy::stop_all) node->run_started = clock::now();
     run->link(*node);
+    if (core.observed()) {
+      Event ev;
+      ev.kind = EventKind::state;
+      ev.path = core.name + "/" + node->name();
+      ev.time = node->since;
+      ev.state = ChildState::starting;
+      ev.previous = ChildState::starting;
+      core.queue(std::move(ev));
+    }
     stop_now = run->stopping;
+    if (stop_now) {
+      node->told = true;
+      node->mark = clock::now();
+      node->state = ChildState::stopping;
+    }
+    if (run->special > 0) run->poke();  // its start timeout joins the deadlines
+    run->update_ready(readiness);       // a new child makes the manager not ready
   }
+  core.flush();
+  notify_ready(readiness);
   // Kept in the child's inbox and delivered to its first tick. A shutdown
   // among them is the one this child gets: it must not get a second.
   bool told_to_stop = false;
@@ -387,16 +1053,60 @@ void start_child(const std::shared_ptr<ManagerRun>& run, std::shared_ptr<Runnabl
     // like one that throws inside it.
     node->done = true;
     child_ended(node, std::current_exception());
-    return;
+    return node;
   }
   // Spawned from a plain post rather than directly: co_spawn's own hop to
   // the strand counts as a continuation, which Asio keeps on the current
   // thread's private queue, so every child of a manager would start on the
   // manager's thread and a busy child could hold the others back. A post
   // goes to the shared queue and wakes an idle thread.
-  asio::post(node->strand, [node, body = std::move(body)]() mutable {
-    asio::co_spawn(node->strand, std::move(body), ChildDone{node});
+  asio::post(node->executor(), [node, body = std::move(body)]() mutable {
+    // A handle that cannot report readiness: running is ready. A guard's
+    // handle reports both when the service takes its ticker (on_ready).
+    if (!node->watches) node->on_ready(true);
+    asio::co_spawn(node->executor(), std::move(body), ChildDone{node});
   });
+  return node;
+}
+
+/// Runs a parked child again (same node, same handle, a fresh coroutine).
+void restart_child(const std::shared_ptr<ManagerRun>& run, const std::shared_ptr<ChildNode>& node) {
+  ManagerCore& core = *run->core;
+  asio::awaitable<void> body;
+  std::exception_ptr error;
+  try {
+    body = node->runnable->process_start();
+  } catch (...) {
+    error = std::current_exception();
+  }
+  std::shared_ptr<ChildNode> previous;  // released after the lock
+  {
+    std::lock_guard lock(core.mu);
+    node->run_started = clock::now();
+    node->mark = node->run_started;
+    run->set_state(*node, ChildState::starting);
+    if (run->sequential()) {
+      previous = std::move(run->awaiting);
+      run->awaiting = node;
+    }
+    run->poke();  // its start timeout, or the next sequential restart
+  }
+  core.flush();
+  if (error) {
+    child_ended(node, error);
+    return;
+  }
+  asio::post(node->executor(), [node, body = std::move(body)]() mutable {
+    node->done = false;  // strand-local, like the coroutine it belongs to
+    if (!node->watches) node->on_ready(true);
+    asio::co_spawn(node->executor(), std::move(body), ChildDone{node});
+  });
+}
+
+void execute(ManagerRun& run, Actions& act) {
+  run.core->flush();
+  tell_all(act.tell, RuntimeControlMessage::shutdown());
+  force(act.force);
 }
 
 /// Waits on the run's timer until its deadline or a poke. The wait is set
@@ -406,12 +1116,7 @@ auto wait_for_event(ManagerRun& run, asio::steady_timer& timer, Token&& token) {
   return asio::async_initiate<Token, void(boost::system::error_code)>(
       [&run, &timer](auto handler) {
         std::lock_guard lock(run.core->mu);
-        clock::time_point deadline = clock::time_point::max();
-        if (run.forcing) {
-          deadline = run.force_at + run.core->abandon;
-        } else if (run.stopping) {
-          deadline = run.stop_at + run.core->grace;
-        }
+        clock::time_point deadline = run.next_deadline();
         if (run.wake) {
           run.wake = false;
           deadline = clock::time_point::min();
@@ -420,6 +1125,31 @@ auto wait_for_event(ManagerRun& run, asio::steady_timer& timer, Token&& token) {
         timer.async_wait(std::move(handler));
       },
       token);
+}
+
+/// Starts one child from the run loop; a child that cannot start fails the
+/// manager (and so stops the others).
+void start_or_fail(const std::shared_ptr<ManagerRun>& run, std::shared_ptr<Runnable> child,
+                   std::shared_ptr<const ChildOptions> options) {
+  ManagerCore& core = *run->core;
+  try {
+    auto node = start_child(run, child, std::move(options), run->initial);
+    if (run->sequential()) {
+      std::lock_guard lock(core.mu);
+      if (!run->stopping) run->awaiting = node;
+      run->poke();
+    }
+  } catch (...) {
+    Actions act;
+    auto failures = failures_of(core.name, child->process_name(), std::current_exception(), false);
+    {
+      std::lock_guard lock(core.mu);
+      run->failures.insert(run->failures.end(), failures.begin(), failures.end());
+      run->begin_stop(act);
+    }
+    for (const auto& f : failures) log_line(LogLevel::error, f.process_name, "failed to start: " + describe(f.cause));
+    execute(*run, act);
+  }
 }
 
 // GCC 12 at -O1 (the sanitizer builds) warns that this coroutine frame's
@@ -436,16 +1166,23 @@ asio::awaitable<void> run_manager(std::shared_ptr<ManagerCore> core) {
   auto ex = co_await asio::this_coro::executor;
   auto run = std::make_shared<ManagerRun>(core, base_of(ex));
   asio::steady_timer timer(ex);
-  std::vector<std::shared_ptr<Runnable>> children;
-  std::deque<RuntimeControlMessage> initial;
+  std::vector<std::pair<std::shared_ptr<Runnable>, std::shared_ptr<const ChildOptions>>> children;
   {
     std::lock_guard lock(core->mu);
     if (!core->current.expired()) {
       throw std::logic_error("ProcessManager '" + core->name + "': process_start() called while it is already running");
     }
     core->current = run;
+    core->finished = false;
+    core->set_self(ChildState::running);
+    core->self_error.clear();
+    core->ready = false;
     run->timer = &timer;
-    children = core->inserted;
+    if (run->sequential()) {
+      run->to_start.assign(core->inserted.begin(), core->inserted.end());
+    } else {
+      children = core->inserted;
+    }
     core->finished_kept = 0;
     // Kept messages go to every child before it starts; only the first
     // shutdown among them, as when running.
@@ -454,8 +1191,10 @@ asio::awaitable<void> run_manager(std::shared_ptr<ManagerCore> core) {
         if (run->stopping) continue;
         run->stopping = true;
         run->stop_at = clock::now();
+        run->to_start.clear();
+        core->set_self(ChildState::stopping);
       }
-      initial.push_back(std::move(msg));
+      run->initial.push_back(std::move(msg));
     }
     core->pending.clear();
   }
@@ -467,23 +1206,19 @@ asio::awaitable<void> run_manager(std::shared_ptr<ManagerCore> core) {
       std::lock_guard lock(run.core->mu);
       run.timer = nullptr;
       run.accepting = false;
+      run.awaiting.reset();
     }
   } detach{*run};
 
-  for (const auto& child : children) {
-    try {
-      start_child(run, child, initial);
-    } catch (...) {
-      std::vector<std::shared_ptr<ProcessControlHandler>> to_stop;
-      auto failures = failures_of(core->name, child->process_name(), std::current_exception());
-      {
-        std::lock_guard lock(core->mu);
-        run->failures.insert(run->failures.end(), failures.begin(), failures.end());
-        to_stop = run->begin_stop();
-      }
-      for (const auto& f : failures) log_line("ERROR", f.process_name, "failed to start: " + describe(f.cause));
-      tell_all(to_stop, RuntimeControlMessage::shutdown());
+  for (auto& [child, options] : children) start_or_fail(run, child, options);
+  {
+    ReadyNotice readiness;
+    {
+      std::lock_guard lock(core->mu);
+      run->update_ready(readiness);  // no children, or all ready at once
+      run->poke();                   // a sequential start begins in the loop
     }
+    notify_ready(readiness);
   }
 
   std::vector<std::shared_ptr<Runnable>> abandoned_runnables;
@@ -491,7 +1226,7 @@ asio::awaitable<void> run_manager(std::shared_ptr<ManagerCore> core) {
     {
       std::lock_guard lock(core->mu);
       // Seen together with closing the door, so no add() can slip in after.
-      if (run->live == 0) {
+      if (run->live == 0 && run->to_start.empty()) {
         run->accepting = false;
         break;
       }
@@ -501,45 +1236,46 @@ asio::awaitable<void> run_manager(std::shared_ptr<ManagerCore> core) {
     co_await wait_for_event(*run, timer, token);
     const asio::cancellation_state cs = co_await asio::this_coro::cancellation_state;
     const bool parent_cancelled = cs.cancelled() != asio::cancellation_type::none;
-    std::vector<std::shared_ptr<ChildNode>> to_force;
-    bool give_up = false;
+    Actions act;
+    ReadyNotice readiness;
     {
       std::lock_guard lock(core->mu);
-      const auto now = clock::now();
-      // Our parent cancelled us, or the grace period is over: cancel every
-      // child at once. The abandon bound is over: stop waiting for them.
-      const bool grace_over = !ec && run->stopping && now >= run->stop_at + core->grace;
-      if (!run->forcing && (parent_cancelled || grace_over)) {
-        to_force = run->begin_force();
-      } else if (!ec && run->forcing && now >= run->force_at + core->abandon) {
-        give_up = true;
-        run->accepting = false;
-        for (ChildNode* n = run->head; n != nullptr; n = n->next) abandoned_runnables.push_back(n->runnable);
-      }
+      run->plan(clock::now(), parent_cancelled, act);
+      run->update_ready(readiness);
     }
-    force(to_force);
-    if (give_up) break;
+    notify_ready(readiness);
+    execute(*run, act);
+    abandoned_runnables.insert(abandoned_runnables.end(), act.abandoned.begin(), act.abandoned.end());
+    for (auto& [child, options] : act.start) start_or_fail(run, child, options);
+    for (auto& node : act.restart) restart_child(run, node);
+    if (act.give_up) break;
   }
 
   std::vector<std::pair<asio::any_io_executor, asio::any_completion_handler<void()>>> waiters;
   std::vector<Failure> failures;
+  std::vector<std::string> not_stopped;
+  ReadyNotice readiness;
   {
     std::lock_guard lock(core->mu);
     run->accepting = false;
     run->timer = nullptr;
+    run->stopping = true;
+    run->update_ready(readiness);
     waiters.swap(run->stopped_waiters);
     failures = run->failures;
+    not_stopped = run->not_stopped;
+    core->set_self(failures.empty() ? ChildState::stopped : ChildState::failed);
+    core->finished = true;
+    if (!failures.empty()) core->self_error = describe(failures.front());
     if (core->current.lock() == run) core->current.reset();
   }
-  for (const auto& r : abandoned_runnables) {
-    log_line("ERROR", core->name + "/" + r->process_name(),
-             "ignored terminal cancellation; abandoned so that the manager can stop");
-  }
+  core->flush();
+  notify_ready(readiness);
   for (auto& [wex, w] : waiters) asio::post(wex, std::move(w));
   if (!failures.empty()) {
     Failure first = failures.front();
     throw ProcessError(std::move(first.process_name), std::move(first.cause), std::move(failures),
-                       std::move(first.reason));
+                       std::move(first.reason), std::move(not_stopped));
   }
 }
 #if defined(__GNUC__) && !defined(__clang__)
@@ -548,9 +1284,16 @@ asio::awaitable<void> run_manager(std::shared_ptr<ManagerCore> core) {
 
 }  // namespace
 
+void attach_parent(ProcessManager& nested, const std::shared_ptr<ManagerCore>& parent) {
+  const bool observed = parent->observed();
+  std::lock_guard lock(nested.core_->mu);
+  nested.core_->parent = parent;
+  nested.core_->forward.store(observed, std::memory_order_relaxed);
+}
+
 void ManagerCore::control(RuntimeControlMessage msg) {
   std::shared_ptr<ManagerRun> run;  // released after the lock
-  std::vector<std::shared_ptr<ProcessControlHandler>> targets;
+  Actions act;
   {
     std::lock_guard lock(mu);
     run = current.lock();
@@ -561,13 +1304,30 @@ void ManagerCore::control(RuntimeControlMessage msg) {
     if (msg.is_shutdown()) {
       // A manager asks each child to stop once: a second shutdown (a second
       // signal, a parent's stop after a failure here) changes nothing.
-      targets = run->begin_stop();
+      run->begin_stop(act);
     } else {
-      targets.reserve(run->live);
-      for (ChildNode* n = run->head; n != nullptr; n = n->next) targets.push_back(n->handle);
+      act.tell.reserve(run->live);
+      for (ChildNode* n = run->head; n != nullptr; n = n->next) act.tell.push_back(n->handle);
+      if (observed()) {
+        for (ChildNode* n = run->head; n != nullptr; n = n->next) {
+          Event ev;
+          ev.kind = EventKind::control;
+          ev.path = name + "/" + n->name();
+          ev.time = now_us();
+          ev.control = msg.kind();
+          queue(std::move(ev));
+        }
+      }
     }
   }
-  tell_all(targets, msg);
+  ReadyNotice readiness;
+  if (msg.is_shutdown()) {
+    std::lock_guard lock(mu);
+    run->update_ready(readiness);
+  }
+  flush();
+  notify_ready(readiness);
+  tell_all(act.tell, msg);
 }
 
 asio::awaitable<void> ManagerCore::shutdown() {
@@ -594,8 +1354,33 @@ asio::awaitable<void> ManagerCore::shutdown() {
 
 }  // namespace detail
 
+namespace {
+
+std::shared_ptr<const ChildOptions> checked(const std::string& manager, const Runnable& child, ChildOptions options) {
+  auto fail = [&](const std::string& what) {
+    throw std::invalid_argument("ProcessManager '" + manager + "': child '" + child.process_name() + "': " + what);
+  };
+  if (options.shutdown_timeout && options.shutdown_timeout->count() < 0) fail("negative shutdown_timeout");
+  if (options.start_timeout && options.start_timeout->count() < 0) fail("negative start_timeout");
+  return std::make_shared<const ChildOptions>(std::move(options));
+}
+
+/// A child with restart options runs under a RestartSupervisor.
+/// Under Strategy::stop_all a child with restart options runs under a
+/// RestartSupervisor; the other strategies restart it themselves.
+std::shared_ptr<Runnable> wrapped(std::shared_ptr<Runnable> child, const ChildOptions& options, Strategy strategy) {
+  if (!options.restart || strategy != Strategy::stop_all) return child;
+  return std::make_shared<RestartSupervisor>(std::move(child), *options.restart);
+}
+
+}  // namespace
+
 ProcessManager::ProcessManager()
-    : ProcessManager(std::make_shared<detail::ManagerCore>(default_name(), default_grace, default_abandon, true)) {}
+    : ProcessManager(std::make_shared<detail::ManagerCore>([] {
+        detail::ManagerCore::Config c;
+        c.name = default_name();
+        return c;
+      }())) {}
 
 ProcessManager::ProcessManager(std::shared_ptr<detail::ManagerCore> core)
     : core_(std::move(core)), handle_(std::make_shared<detail::ManagerHandle>(core_)) {}
@@ -609,10 +1394,31 @@ void ProcessManager::insert(std::shared_ptr<Runnable> child) {
     throw std::logic_error("ProcessManager '" + core_->name +
                            "': insert() while the manager runs; use add() to start a child now");
   }
-  core_->inserted.push_back(std::move(child));
+  core_->inserted.emplace_back(std::move(child), nullptr);
 }
 
-void ProcessManager::add(std::shared_ptr<Runnable> child) {
+void ProcessManager::insert(std::shared_ptr<Runnable> child, ChildOptions options) {
+  if (!child) throw std::invalid_argument("ProcessManager '" + core_->name + "': insert() of a null runnable");
+  auto opts = checked(core_->name, *child, std::move(options));
+  auto runnable = wrapped(std::move(child), *opts, core_->strategy);
+  std::lock_guard lock(core_->mu);
+  if (!core_->current.expired()) {
+    throw std::logic_error("ProcessManager '" + core_->name +
+                           "': insert() while the manager runs; use add() to start a child now");
+  }
+  core_->inserted.emplace_back(std::move(runnable), std::move(opts));
+}
+
+void ProcessManager::add(std::shared_ptr<Runnable> child) { add_with(std::move(child), nullptr); }
+
+void ProcessManager::add(std::shared_ptr<Runnable> child, ChildOptions options) {
+  if (!child) throw std::invalid_argument("ProcessManager '" + core_->name + "': add() of a null runnable");
+  auto opts = checked(core_->name, *child, std::move(options));
+  auto runnable = wrapped(std::move(child), *opts, core_->strategy);
+  add_with(std::move(runnable), std::move(opts));
+}
+
+void ProcessManager::add_with(std::shared_ptr<Runnable> child, std::shared_ptr<const ChildOptions> options) {
   if (!child) throw std::invalid_argument("ProcessManager '" + core_->name + "': add() of a null runnable");
   std::shared_ptr<detail::ManagerRun> run;
   {
@@ -627,7 +1433,96 @@ void ProcessManager::add(std::shared_ptr<Runnable> child) {
   // the io_context from running out of work, and being destroyed, while
   // this thread is still inside the post that starts the child.
   const auto work = asio::prefer(run->base, asio::execution::outstanding_work.tracked);
-  detail::start_child(run, std::move(child), {});
+  detail::start_child(run, std::move(child), std::move(options), {});
+}
+
+asio::awaitable<bool> ProcessManager::wait_ready(std::chrono::nanoseconds timeout) {
+  auto core = core_;
+  auto ex = co_await asio::this_coro::executor;
+  auto w = std::make_shared<detail::ReadyWaiter>(ex);
+  bool settled = false;
+  bool answer = false;
+  // Checked and listed under the lock that readiness changes under; the
+  // timer's wait starts there too, so a notification cannot miss it.
+  auto start_wait = [&](auto handler) {
+    std::lock_guard lock(core->mu);
+    auto run = core->current.lock();
+    if (core->ready) {
+      settled = true;
+      answer = true;
+    } else if ((run && run->stopping) || (!run && core->finished)) {
+      settled = true;  // stopping or stopped: it will not become ready
+    }
+    if (settled) {
+      auto hex = asio::get_associated_executor(handler);
+      asio::post(hex, [h = std::move(handler)]() mutable { std::move(h)(boost::system::error_code()); });
+      return;
+    }
+    w->timer.expires_after(timeout);
+    w->timer.async_wait(std::move(handler));
+    core->ready_waiters.push_back(w);
+  };
+  boost::system::error_code ec;
+  auto token = asio::redirect_error(asio::use_awaitable, ec);
+  co_await asio::async_initiate<decltype(token), void(boost::system::error_code)>(start_wait, token);
+  if (settled) co_return answer;
+  std::lock_guard lock(core->mu);
+  if (w->done) co_return w->result;
+  auto& list = core->ready_waiters;
+  list.erase(std::remove(list.begin(), list.end(), w), list.end());
+  co_return false;
+}
+
+bool ProcessManager::is_ready() const {
+  std::lock_guard lock(core_->mu);
+  return core_->ready;
+}
+
+ChildStatus ProcessManager::status() const {
+  ChildStatus out;
+  std::vector<std::pair<std::size_t, std::shared_ptr<Runnable>>> nested;
+  {
+    std::lock_guard lock(core_->mu);
+    out.path = core_->name;
+    out.state = core_->self_state;
+    out.since = core_->self_since;
+    out.ready = core_->ready;
+    out.last_error = core_->self_error;
+    if (auto run = core_->current.lock()) {
+      out.children.reserve(run->live);
+      for (detail::ChildNode* n = run->head; n != nullptr; n = n->next) {
+        ChildStatus c;
+        c.path = core_->name + "/" + n->name();
+        c.state = n->state;
+        c.since = n->since;
+        c.ready = n->ready;
+        if (n->last_error) c.last_error = describe(n->last_error);
+        c.restarts = n->restarts;
+        if (const auto* sup = dynamic_cast<const RestartSupervisor*>(n->runnable.get())) {
+          c.restarts += sup->restarts();
+        }
+        if (dynamic_cast<const ProcessManager*>(n->runnable.get()) != nullptr) {
+          nested.emplace_back(out.children.size(), n->runnable);
+        }
+        out.children.push_back(std::move(c));
+      }
+    }
+  }
+  // Outside our lock: a nested manager takes its own.
+  for (auto& [index, runnable] : nested) {
+    const auto sub = static_cast<const ProcessManager&>(*runnable).status();
+    std::function<void(std::vector<ChildStatus>&, const std::string&)> prefix = [&](std::vector<ChildStatus>& v,
+                                                                                    const std::string& p) {
+      for (auto& c : v) {
+        c.path = p + c.path;
+        prefix(c.children, p);
+      }
+    };
+    auto kids = sub.children;
+    prefix(kids, core_->name + "/");
+    out.children[index].children = std::move(kids);
+  }
+  return out;
 }
 
 asio::awaitable<void> ProcessManager::process_start() { return detail::run_manager(core_); }
@@ -688,14 +1583,57 @@ ProcessManagerBuilder& ProcessManagerBuilder::auto_cleanup(bool on) {
 
 ProcessManagerBuilder& ProcessManagerBuilder::pre_insert(std::shared_ptr<Runnable> child) {
   if (!child) throw std::invalid_argument("ProcessManagerBuilder '" + name_ + "': pre_insert() of a null runnable");
-  children_.push_back(std::move(child));
+  children_.emplace_back(std::move(child), nullptr);
+  return *this;
+}
+
+ProcessManagerBuilder& ProcessManagerBuilder::pre_insert(std::shared_ptr<Runnable> child, ChildOptions options) {
+  if (!child) throw std::invalid_argument("ProcessManagerBuilder '" + name_ + "': pre_insert() of a null runnable");
+  auto opts = checked(name_, *child, std::move(options));
+  children_.emplace_back(std::move(child), std::move(opts));
+  return *this;
+}
+
+ProcessManagerBuilder& ProcessManagerBuilder::start_order(StartOrder order) {
+  order_ = order;
+  return *this;
+}
+
+ProcessManagerBuilder& ProcessManagerBuilder::strategy(Strategy strategy) {
+  strategy_ = strategy;
+  return *this;
+}
+
+ProcessManagerBuilder& ProcessManagerBuilder::intensity(std::size_t max_restarts, std::chrono::nanoseconds window) {
+  if (window.count() <= 0) {
+    throw std::invalid_argument("ProcessManagerBuilder '" + name_ + "': intensity window must be positive");
+  }
+  max_restarts_ = max_restarts;
+  window_ = window;
+  return *this;
+}
+
+ProcessManagerBuilder& ProcessManagerBuilder::on_event(EventHook hook) {
+  hook_ = std::move(hook);
   return *this;
 }
 
 std::shared_ptr<ProcessManager> ProcessManagerBuilder::build() {
-  auto core =
-      std::make_shared<detail::ManagerCore>(name_.empty() ? default_name() : name_, grace_, abandon_, auto_cleanup_);
-  core->inserted = children_;
+  auto core = std::make_shared<detail::ManagerCore>(detail::ManagerCore::Config{
+      .name = name_.empty() ? default_name() : name_,
+      .grace = grace_,
+      .abandon = abandon_,
+      .auto_cleanup = auto_cleanup_,
+      .order = order_,
+      .strategy = strategy_,
+      .max_restarts = max_restarts_,
+      .window = window_,
+      .hook = hook_,
+  });
+  core->inserted.reserve(children_.size());
+  for (const auto& [child, options] : children_) {
+    core->inserted.emplace_back(options ? wrapped(child, *options, strategy_) : child, options);
+  }
   return std::shared_ptr<ProcessManager>(new ProcessManager(std::move(core)));
 }
 

@@ -73,11 +73,11 @@ int run(std::shared_ptr<Runnable> root, RunOptions options) {
     try {
       std::rethrow_exception(failure);
     } catch (const ProcessError& e) {
-      for (const auto& f : e.failures()) log_line("ERROR", f.process_name, describe(f));
+      for (const auto& f : e.failures()) log_line(LogLevel::error, f.process_name, describe(f));
     } catch (const std::exception& e) {
-      log_line("ERROR", root_name, std::string("failed: ") + e.what());
+      log_line(LogLevel::error, root_name, std::string("failed: ") + e.what());
     } catch (...) {
-      log_line("ERROR", root_name, "failed with an exception not derived from std::exception");
+      log_line(LogLevel::error, root_name, "failed with an exception not derived from std::exception");
     }
   }
   if (forced_by != 0) return 128 + forced_by;

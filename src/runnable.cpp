@@ -18,6 +18,8 @@ asio::awaitable<void> ProcessControlHandler::reload() {
   co_return;
 }
 
+bool ProcessControlHandler::watch_readiness(std::function<void(bool)> /*on_ready*/) { return false; }
+
 std::string demangle(const char* mangled) {
   int status = 0;
   std::unique_ptr<char, void (*)(void*)> out(abi::__cxa_demangle(mangled, nullptr, nullptr, &status), std::free);

@@ -92,15 +92,64 @@ RuntimeControlMessage GuardState::take() {
 }
 
 void GuardState::attach(const asio::any_io_executor& ex) {
-  std::lock_guard lock(mu_);
-  if (alive_.load(std::memory_order_relaxed)) {
-    throw std::logic_error("RuntimeGuard" + (name_.empty() ? std::string() : " of service '" + name_ + "'") +
-                           ": runtime_ticker() called while another ticker of this guard is alive");
+  std::shared_ptr<ReadinessTarget> watcher;
+  {
+    std::lock_guard lock(mu_);
+    if (alive_.load(std::memory_order_relaxed)) {
+      throw std::logic_error("RuntimeGuard" + (name_.empty() ? std::string() : " of service '" + name_ + "'") +
+                             ": runtime_ticker() called while another ticker of this guard is alive");
+    }
+    ex_ = ex;
+    ++generation_;
+    wake_posted_ = false;
+    alive_.store(true, std::memory_order_release);
+    if (!defer_ready_) watcher = watcher_.lock();
   }
-  ex_ = ex;
-  ++generation_;
-  wake_posted_ = false;
-  alive_.store(true, std::memory_order_release);
+  // Outside the lock: the watcher takes its supervisor's lock.
+  if (watcher) watcher->on_ready(false);
+}
+
+namespace {
+/// A watch_readiness() function, as a watcher.
+class FunctionWatcher final : public ReadinessTarget {
+ public:
+  explicit FunctionWatcher(std::function<void(bool)> f) : f_(std::move(f)) {}
+  void on_ready(bool declared) override { f_(declared); }
+
+ private:
+  std::function<void(bool)> f_;
+};
+}  // namespace
+
+bool GuardState::watch_readiness(std::function<void(bool)> on_ready) {
+  auto owned = on_ready ? std::make_shared<FunctionWatcher>(std::move(on_ready)) : nullptr;
+  std::lock_guard lock(mu_);
+  owned_watcher_ = owned;
+  watcher_ = owned;
+  return true;
+}
+
+void GuardState::watch_target(std::weak_ptr<ReadinessTarget> target) {
+  std::lock_guard lock(mu_);
+  owned_watcher_.reset();
+  watcher_ = std::move(target);
+}
+
+void GuardState::notify_ready(bool declared) {
+  std::shared_ptr<ReadinessTarget> target;
+  {
+    std::lock_guard lock(mu_);
+    target = watcher_.lock();
+  }
+  // Outside the lock: the watcher takes its supervisor's lock.
+  if (target) target->on_ready(declared);
+}
+
+void GuardState::declare_ready() { notify_ready(true); }
+
+void GuardState::defer_readiness() {
+  std::lock_guard lock(mu_);
+  defer_ready_ = true;
 }
 
 void GuardState::detach() noexcept {

@@ -61,8 +61,8 @@ TEST(runtime_guard, interleaved_sends_and_takes_keep_fifo_order) {
   // How many messages to send before each take; 0 means "take only".
   const std::vector<int> pattern{1, 0, 3, 0, 1, 0, 0, 0, 2, 1, 0, 0, 0, 70, 0, 5, 0, 0, 0, 0};
   const int total = 83;
-  auto got = run_coro([](RuntimeGuard* g, std::shared_ptr<pm::ProcessControlHandler> handle,
-                         std::vector<int> steps, int count) -> asio::awaitable<std::vector<int>> {
+  auto got = run_coro([](RuntimeGuard* g, std::shared_ptr<pm::ProcessControlHandler> handle, std::vector<int> steps,
+                         int count) -> asio::awaitable<std::vector<int>> {
     std::vector<int> out;
     auto ex = co_await asio::this_coro::executor;
     auto ticker = co_await g->runtime_ticker();

@@ -34,6 +34,9 @@ class RuntimeContext {
   asio::awaitable<RuntimeControlMessage> next_control() { return ticker().next_control(); }
   /// The service's handle.
   std::shared_ptr<ProcessControlHandler> handle() const noexcept { return guard_.handle(); }
+  /// Tells the supervisor the service is ready. Without ChildOptions'
+  /// explicit_ready a lambda service is ready once its body starts.
+  void ready() { guard_.ready(); }
   /// The service's name.
   const std::string& name() const noexcept { return name_; }
 

@@ -5,17 +5,24 @@
 #include <cstddef>
 #include <exception>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <processmanager/context.hpp>
+#include <processmanager/lifecycle.hpp>
+#include <processmanager/restart_options.hpp>
 
 namespace pm {
+
+class ProcessManager;
 
 namespace detail {
 class ManagerCore;
 class ManagerHandle;
+void attach_parent(ProcessManager& nested, const std::shared_ptr<ManagerCore>& parent);
 }  // namespace detail
 
 /// One child's failure.
@@ -23,6 +30,41 @@ struct Failure {
   std::string process_name;  ///< its path, "root/db/writer" when nested
   std::exception_ptr cause;  ///< what it threw
   std::string reason{};      ///< why it counts as failed, when not just "it threw" ("restart intensity exceeded ...")
+  bool collateral = false;   ///< it failed after its manager had begun to stop (a consequence, not the cause)
+};
+
+/// The order in which a manager starts and stops its children.
+enum class StartOrder {
+  concurrent,  ///< all at once (the default)
+  sequential,  ///< in insertion order, each once the previous is ready; stopped in reverse order
+};
+
+/// What a manager does when a child fails (Erlang/OTP's strategies).
+enum class Strategy {
+  stop_all,      ///< the first failure stops every child and fails the manager (the default)
+  one_for_one,   ///< only the failed child is restarted
+  one_for_all,   ///< every child is stopped (newest first) and all are restarted
+  rest_for_one,  ///< the failed child and those inserted after it are stopped and restarted
+};
+
+/// Options for one child of a manager.
+struct ChildOptions {
+  /// How long shutdown waits for this child before cancelling it; replaces
+  /// the manager's grace period for it.
+  std::optional<std::chrono::nanoseconds> shutdown_timeout{};
+  /// How the child is restarted. Under Strategy::stop_all it runs under a
+  /// RestartSupervisor with these options; under the other strategies the
+  /// manager restarts it itself with this policy and backoff (its
+  /// max_restarts and window give way to the manager's intensity). Default
+  /// under a restarting strategy: RestartOptions{} (transient).
+  std::optional<RestartOptions> restart{};
+  /// Its normal end shuts the whole manager down (Erlang's significant child).
+  bool significant = false;
+  /// It must be ready this soon after it starts, or it fails the manager
+  /// with "did not become ready within ...".
+  std::optional<std::chrono::nanoseconds> start_timeout{};
+  /// Only its own ready() call makes it ready, not merely having a ticker.
+  bool explicit_ready = false;
 };
 
 /// What a failing manager throws once all its children have ended.
@@ -31,7 +73,7 @@ class ProcessError : public std::runtime_error {
   /// `failures` lists every failure, the first one first; when empty, it
   /// becomes the single failure {process_name, cause, reason}.
   ProcessError(std::string process_name, std::exception_ptr cause, std::vector<Failure> failures = {},
-               std::string reason = {});
+               std::string reason = {}, std::vector<std::string> not_stopped = {});
   /// The path of the child that failed first.
   const std::string& process_name() const noexcept { return failures_.front().process_name; }
   /// What it threw.
@@ -40,9 +82,17 @@ class ProcessError : public std::runtime_error {
   const std::string& reason() const noexcept { return failures_.front().reason; }
   /// Every failure, the first one first.
   const std::vector<Failure>& failures() const noexcept { return failures_; }
+  /// The failure that started it all (failures().front()).
+  const Failure& root_cause() const noexcept { return failures_.front(); }
+  /// The failures that came after the stop had begun: consequences.
+  std::vector<Failure> collateral() const;
+  /// Paths of children that did not stop within their timeout and were
+  /// cancelled or abandoned.
+  const std::vector<std::string>& not_stopped() const noexcept { return not_stopped_; }
 
  private:
   std::vector<Failure> failures_;
+  std::vector<std::string> not_stopped_;
 };
 
 /// The text of an exception: what() for std::exception, else a placeholder.
@@ -69,11 +119,26 @@ class ProcessManager : public Runnable {
   /// Adds a child to start with the manager. Throws std::logic_error while
   /// the manager runs (use add()), std::invalid_argument for a null child.
   void insert(std::shared_ptr<Runnable> child);
+  /// insert() with options; throws std::invalid_argument for a negative
+  /// timeout or nonsensical restart options, naming the child.
+  void insert(std::shared_ptr<Runnable> child, ChildOptions options);
   /// Starts a child in the running manager at once, from any thread. During
   /// shutdown the child is started and asked to shut down straight away.
   /// Throws std::logic_error when the manager is not running,
   /// std::invalid_argument for a null child.
   void add(std::shared_ptr<Runnable> child);
+  /// add() with options (a sequential manager starts an added child at once).
+  void add(std::shared_ptr<Runnable> child, ChildOptions options);
+
+  /// Completes with true once the manager runs and every child is ready,
+  /// false if `timeout` passes first, once shutdown begins, or at once when
+  /// the manager has run and stopped (neither will become ready). Before
+  /// the first run it waits for the run. Completes on the caller's executor.
+  asio::awaitable<bool> wait_ready(std::chrono::nanoseconds timeout);
+  /// True while the manager runs, is not stopping, and every child is ready.
+  bool is_ready() const;
+  /// A snapshot of the manager and its subtree (nested managers included).
+  ChildStatus status() const;
 
   /// Runs every child until all have ended. Returns when every child ended
   /// (or was abandoned); throws ProcessError if any child failed. Throws
@@ -103,7 +168,9 @@ class ProcessManager : public Runnable {
 
  private:
   friend class ProcessManagerBuilder;
+  friend void detail::attach_parent(ProcessManager& nested, const std::shared_ptr<detail::ManagerCore>& parent);
   explicit ProcessManager(std::shared_ptr<detail::ManagerCore> core);
+  void add_with(std::shared_ptr<Runnable> child, std::shared_ptr<const ChildOptions> options);
   std::shared_ptr<detail::ManagerCore> core_;
   std::shared_ptr<detail::ManagerHandle> handle_;
 };
@@ -122,6 +189,18 @@ class ProcessManagerBuilder {
   ProcessManagerBuilder& auto_cleanup(bool on);
   /// A child to start with the manager. Throws std::invalid_argument if null.
   ProcessManagerBuilder& pre_insert(std::shared_ptr<Runnable> child);
+  /// pre_insert() with options (see ProcessManager::insert).
+  ProcessManagerBuilder& pre_insert(std::shared_ptr<Runnable> child, ChildOptions options);
+  /// Concurrent (default) or sequential start and stop.
+  ProcessManagerBuilder& start_order(StartOrder order);
+  /// Receives every event of this manager and its subtree, in order.
+  ProcessManagerBuilder& on_event(EventHook hook);
+  /// What a child's failure does. Default Strategy::stop_all.
+  ProcessManagerBuilder& strategy(Strategy strategy);
+  /// More than `max_restarts` restarts within `window` fails the manager
+  /// ("restart intensity exceeded"), which escalates to its parent.
+  /// Default 3 within 5 s. Throws std::invalid_argument for a zero window.
+  ProcessManagerBuilder& intensity(std::size_t max_restarts, std::chrono::nanoseconds window);
   /// The manager.
   std::shared_ptr<ProcessManager> build();
 
@@ -130,7 +209,12 @@ class ProcessManagerBuilder {
   std::chrono::nanoseconds grace_;
   std::chrono::nanoseconds abandon_;
   bool auto_cleanup_ = true;
-  std::vector<std::shared_ptr<Runnable>> children_;
+  StartOrder order_ = StartOrder::concurrent;
+  Strategy strategy_ = Strategy::stop_all;
+  std::size_t max_restarts_ = 3;
+  std::chrono::nanoseconds window_ = std::chrono::seconds(5);
+  EventHook hook_;
+  std::vector<std::pair<std::shared_ptr<Runnable>, std::shared_ptr<const ChildOptions>>> children_;
 };
 
 }  // namespace pm

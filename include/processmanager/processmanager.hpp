@@ -3,11 +3,14 @@
 
 #include <processmanager/context.hpp>
 #include <processmanager/control.hpp>
+#include <processmanager/lifecycle.hpp>
 #include <processmanager/operation.hpp>
 #include <processmanager/process_manager.hpp>
+#include <processmanager/restart_options.hpp>
 #include <processmanager/run.hpp>
 #include <processmanager/runnable.hpp>
 #include <processmanager/runtime_guard.hpp>
+#include <processmanager/status_json.hpp>
 
 #include <processmanager/builtin/blocking.hpp>
 #include <processmanager/builtin/idle.hpp>

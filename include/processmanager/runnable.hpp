@@ -1,6 +1,7 @@
 // Runnable and ProcessControlHandler: what a service is, and how it is told things.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -30,6 +31,12 @@ class ProcessControlHandler {
   /// Sends reload. Completes once the message reached every service it is
   /// meant for (for a manager: every service of its subtree).
   virtual asio::awaitable<void> reload();
+  /// For supervisors: `on_ready(declared)` is to be called, from any thread,
+  /// whenever the service becomes ready; `declared` is false when it merely
+  /// got its ticker, true when it said so. Replaces an earlier watcher.
+  /// Returns false when this handle cannot tell, and the supervisor then
+  /// counts the service ready once it runs. The default returns false.
+  virtual bool watch_readiness(std::function<void(bool declared)> on_ready);
 };
 
 /// A service: a long-lived unit of work the library starts and supervises.

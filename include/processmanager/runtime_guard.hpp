@@ -262,6 +262,12 @@ class RuntimeGuard {
   std::shared_ptr<ProcessControlHandler> handle() const noexcept { return state_; }
   /// True while a ticker is alive.
   bool is_running() const noexcept { return state_->is_running(); }
+  /// Tells the supervisor the service is ready (serving, connected, loaded).
+  /// Without defer_readiness() a service is ready once it has its ticker.
+  void ready() { state_->declare_ready(); }
+  /// From now on only ready() makes the service ready, not its ticker: call
+  /// it before runtime_ticker() in a service that needs time to get ready.
+  void defer_readiness() { state_->defer_readiness(); }
 
  private:
   std::shared_ptr<detail::GuardState> state_;

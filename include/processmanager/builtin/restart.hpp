@@ -11,36 +11,9 @@
 #include <string>
 
 #include <processmanager/process_manager.hpp>
+#include <processmanager/restart_options.hpp>
 
 namespace pm {
-
-/// When a child is restarted (Erlang's restart types).
-enum class RestartPolicy {
-  permanent,  ///< after any end, normal or failed
-  transient,  ///< after a failure only (the default)
-  temporary,  ///< never
-};
-
-/// How long to wait before a restart: initial * factor^(n-1), capped at
-/// max; with jitter, a uniformly random time in [0, that] ("full jitter").
-struct Backoff {
-  std::chrono::nanoseconds initial = std::chrono::milliseconds(100);
-  double factor = 2.0;
-  std::chrono::nanoseconds max = std::chrono::seconds(30);
-  bool jitter = false;
-};
-
-/// A RestartSupervisor's configuration.
-struct RestartOptions {
-  RestartPolicy policy = RestartPolicy::transient;
-  Backoff backoff{};
-  /// A child that ran this long without failing starts its backoff afresh.
-  std::chrono::nanoseconds reset_after = std::chrono::seconds(30);
-  /// More than this many restarts within `window` gives up (Erlang's
-  /// intensity and period).
-  std::size_t max_restarts = 3;
-  std::chrono::nanoseconds window = std::chrono::seconds(5);
-};
 
 /// Wraps one child and restarts it per its policy, waiting a backoff between
 /// runs. Gives up, failing with a ProcessError that names the child, says

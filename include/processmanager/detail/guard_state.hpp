@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <exception>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -32,6 +33,16 @@ namespace pm::detail {
 /// layout was checked.
 asio::cancellation_signal* relay_signal_of(const asio::cancellation_state& state) noexcept;
 
+/// Someone told when a service becomes ready (a supervisor's record of its
+/// child). Held weakly by the guard: the watcher may go first.
+class ReadinessTarget {
+ public:
+  virtual void on_ready(bool declared) = 0;
+
+ protected:
+  ~ReadinessTarget() = default;
+};
+
 /// The cancellation types a control message emits: every type, so that any
 /// operation that supports some form of cancellation gives way.
 inline constexpr asio::cancellation_type_t control_cancellation =
@@ -52,6 +63,14 @@ class GuardState final : public ProcessControlHandler, public std::enable_shared
   explicit GuardState(std::string name) : name_(std::move(name)) {}
 
   void control(RuntimeControlMessage msg) override;
+  bool watch_readiness(std::function<void(bool)> on_ready) override;
+  /// watch_readiness without a function object: what a manager uses.
+  void watch_target(std::weak_ptr<ReadinessTarget> target);
+
+  /// The service says it is ready.
+  void declare_ready();
+  /// The ticker alone no longer makes the service ready.
+  void defer_readiness();
 
   /// Registers the live ticker; throws std::logic_error if one is alive.
   void attach(const asio::any_io_executor& ex);
@@ -80,6 +99,7 @@ class GuardState final : public ProcessControlHandler, public std::enable_shared
 
  private:
   void wake(std::uint64_t generation) noexcept;
+  void notify_ready(bool declared);
 
   const std::string name_;
 
@@ -95,6 +115,9 @@ class GuardState final : public ProcessControlHandler, public std::enable_shared
   std::size_t head_ = 0;
   asio::any_io_executor ex_;
   bool wake_posted_ = false;
+  bool defer_ready_ = false;
+  std::weak_ptr<ReadinessTarget> watcher_;
+  std::shared_ptr<ReadinessTarget> owned_watcher_;  // a watch_readiness() function, kept here
   std::uint64_t generation_ = 0;
   std::atomic<std::size_t> pending_{0};
   std::atomic<bool> alive_{false};

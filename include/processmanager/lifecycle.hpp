@@ -1,0 +1,103 @@
+// Lifecycle: child states, events, the logger, and status snapshots.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <exception>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <processmanager/control.hpp>
+
+namespace pm {
+
+/// Where a child is in its life. Each change is timestamped and reported.
+enum class ChildState {
+  starting,    ///< created; its coroutine has not begun
+  running,     ///< its coroutine runs; not (yet) ready
+  ready,       ///< it said so, or it has its ticker (the default)
+  stopping,    ///< asked to shut down
+  stopped,     ///< ended normally (also after a forced stop)
+  failed,      ///< ended by throwing
+  restarting,  ///< waiting for its backoff before the next run
+  abandoned,   ///< ignored even terminal cancellation; no longer waited for
+};
+/// "starting", "running", ...
+std::string_view to_string(ChildState state) noexcept;
+/// The state named `name`; throws std::invalid_argument for an unknown name.
+ChildState child_state_from_string(std::string_view name);
+
+/// What an Event reports.
+enum class EventKind {
+  state,      ///< a child changed state (`state`, `previous`)
+  control,    ///< a control message was handed to a child (`control`)
+  restart,    ///< a child will be restarted after `backoff` (`cause`: why)
+  give_up,    ///< a restart limit was exceeded (`cause`: the last failure)
+  abandoned,  ///< a child ignored terminal cancellation and was left behind
+};
+/// "state", "control", ...
+std::string_view to_string(EventKind kind) noexcept;
+
+/// One thing that happened to one child.
+struct Event {
+  EventKind kind = EventKind::state;
+  std::string path;                             ///< "root/db/writer"
+  std::chrono::system_clock::time_point time{};  ///< when it happened
+  ChildState state = ChildState::starting;      ///< the new state (kind state)
+  ChildState previous = ChildState::starting;   ///< the old state (kind state)
+  std::exception_ptr cause{};                   ///< the failure behind it, if any
+  std::chrono::nanoseconds backoff{};           ///< the wait before a restart (kind restart)
+  ControlKind control = ControlKind::shutdown;  ///< the message (kind control)
+  std::string detail{};                         ///< a few words more, for people
+};
+
+/// Severity of a log line.
+enum class LogLevel { debug, info, warn, error };
+/// "DEBUG", "INFO", "WARN", "ERROR".
+std::string_view to_string(LogLevel level) noexcept;
+/// The level an event is logged at: failures, give-ups and abandonment are
+/// errors, restarts and forced stops warnings, controls and routine state
+/// changes debug.
+LogLevel level_of(const Event& event) noexcept;
+/// An event in words, without time or path: "running -> ready", "restart in 200 ms after: boom".
+std::string describe(const Event& event);
+
+/// Receives every log line: level, the path it is about, the message. It is
+/// called from any thread, never with a library lock held, and must not
+/// throw (what it throws is dropped).
+using LogSink = std::function<void(LogLevel, std::string_view path, std::string_view message)>;
+/// Replaces the process-wide sink; an empty function restores the default,
+/// which writes "<UTC time> <LEVEL> <path>: <message>" to stderr as one
+/// write per line. The default prints info and above; PM_LOG=debug prints
+/// everything, PM_LOG=warn|error less, PM_LOG=off nothing.
+void set_log_sink(LogSink sink);
+/// Overrides PM_LOG: lines below `level` are dropped; nullopt drops all.
+/// Managers built while debug is off build no routine events for the log.
+void set_log_level(std::optional<LogLevel> level) noexcept;
+/// Writes one line through the current sink, if `level` passes PM_LOG.
+void log(LogLevel level, std::string_view path, std::string_view message) noexcept;
+/// True when a line at `level` would be written (lets callers skip formatting).
+bool log_enabled(LogLevel level) noexcept;
+
+/// Receives a manager's events in the order they happened, one at a time,
+/// never with a library lock held. Events of a nested manager reach its
+/// parent's hook too, with the full path.
+using EventHook = std::function<void(const Event&)>;
+
+/// A snapshot of one child, or of a manager and its subtree.
+struct ChildStatus {
+  std::string path;                              ///< "root/db/writer"
+  ChildState state = ChildState::starting;       ///< now
+  std::chrono::system_clock::time_point since{};  ///< when it entered `state` (microsecond precision)
+  std::size_t restarts = 0;                      ///< restarts so far
+  std::string last_error{};                      ///< the latest failure in words, or empty
+  bool ready = false;                            ///< counts as ready now
+  std::vector<ChildStatus> children{};           ///< a nested manager's children, in start order
+
+  friend bool operator==(const ChildStatus&, const ChildStatus&) = default;
+};
+
+}  // namespace pm

@@ -1,0 +1,18 @@
+// Status snapshots as JSON (Boost.JSON), for /status endpoints and tools.
+#pragma once
+
+#include <boost/json/value.hpp>
+#include <processmanager/lifecycle.hpp>
+
+namespace pm {
+
+/// `status` as a JSON object: {"path", "state", "since" (ISO-8601 UTC with
+/// microseconds), "restarts", "last_error", "ready", "children": [...]}.
+boost::json::value to_json(const ChildStatus& status);
+
+/// The inverse of to_json: status_from_json(to_json(s)) == s. Throws
+/// std::invalid_argument, naming the field and the path, for a document
+/// that is not such an object.
+ChildStatus status_from_json(const boost::json::value& json);
+
+}  // namespace pm

@@ -1,0 +1,105 @@
+#include <processmanager/lifecycle.hpp>
+
+#include <array>
+#include <stdexcept>
+#include <string>
+
+#include <processmanager/process_manager.hpp>
+
+namespace pm {
+
+namespace {
+constexpr std::array<std::string_view, 8> state_names{"starting", "running",    "ready",    "stopping",
+                                                       "stopped",  "failed", "restarting", "abandoned"};
+}  // namespace
+
+std::string_view to_string(ChildState state) noexcept {
+  const auto i = static_cast<std::size_t>(state);
+  return i < state_names.size() ? state_names[i] : std::string_view("?");
+}
+
+ChildState child_state_from_string(std::string_view name) {
+  for (std::size_t i = 0; i < state_names.size(); ++i) {
+    if (state_names[i] == name) return static_cast<ChildState>(i);
+  }
+  throw std::invalid_argument("unknown child state '" + std::string(name) + "'");
+}
+
+std::string_view to_string(EventKind kind) noexcept {
+  switch (kind) {
+    case EventKind::state:
+      return "state";
+    case EventKind::control:
+      return "control";
+    case EventKind::restart:
+      return "restart";
+    case EventKind::give_up:
+      return "give_up";
+    case EventKind::abandoned:
+      return "abandoned";
+  }
+  return "?";
+}
+
+LogLevel level_of(const Event& event) noexcept {
+  switch (event.kind) {
+    case EventKind::control:
+      return LogLevel::debug;
+    case EventKind::restart:
+      return LogLevel::warn;
+    case EventKind::give_up:
+    case EventKind::abandoned:
+      return LogLevel::error;
+    case EventKind::state:
+      break;
+  }
+  switch (event.state) {
+    case ChildState::failed:
+    case ChildState::abandoned:
+      return LogLevel::error;
+    case ChildState::restarting:
+      return LogLevel::warn;
+    case ChildState::stopped:
+      // A stop that needed cancellation, or a manager told to stop by a
+      // significant child, is worth a line.
+      if (event.cause) return LogLevel::warn;
+      return event.detail.empty() ? LogLevel::debug : LogLevel::info;
+    case ChildState::stopping:
+      return event.detail.empty() ? LogLevel::debug : LogLevel::info;
+    default:
+      return LogLevel::debug;
+  }
+}
+
+std::string describe(const Event& event) {
+  std::string out;
+  switch (event.kind) {
+    case EventKind::state:
+      if (event.state == ChildState::failed && event.cause) {
+        out = "failed: " + describe(event.cause);
+        if (!event.detail.empty()) out += " (" + event.detail + ")";
+        return out;
+      }
+      out = std::string(to_string(event.previous)) + " -> " + std::string(to_string(event.state));
+      break;
+    case EventKind::control:
+      out = "control: " + std::string(to_string(event.control));
+      break;
+    case EventKind::restart:
+      out = "restart in " + std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(event.backoff).count()) +
+            " ms";
+      if (event.cause) out += " after: " + describe(event.cause);
+      break;
+    case EventKind::give_up:
+      out = "gave up";
+      if (event.cause) out += "; last failure: " + describe(event.cause);
+      break;
+    case EventKind::abandoned:
+      out = "abandoned";
+      break;
+  }
+  if (!event.detail.empty()) out += " (" + event.detail + ")";
+  return out;
+}
+
+}  // namespace pm

@@ -1,0 +1,110 @@
+#include <processmanager/status_json.hpp>
+
+#include <boost/json.hpp>
+
+#include <cstdio>
+#include <ctime>
+#include <stdexcept>
+#include <string>
+
+namespace pm {
+
+namespace json = boost::json;
+
+namespace {
+
+std::string iso8601(std::chrono::system_clock::time_point t) {
+  const auto us = std::chrono::duration_cast<std::chrono::microseconds>(t.time_since_epoch()).count();
+  std::time_t secs = static_cast<std::time_t>(us / 1000000);
+  long long frac = us % 1000000;
+  if (frac < 0) {
+    frac += 1000000;
+    --secs;
+  }
+  std::tm tm{};
+  gmtime_r(&secs, &tm);
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%06lldZ", tm.tm_year + 1900, tm.tm_mon + 1,
+                tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, frac);
+  return buf;
+}
+
+[[noreturn]] void bad(const std::string& path, const std::string& what) {
+  throw std::invalid_argument("status JSON" + (path.empty() ? std::string() : " of '" + path + "'") + ": " + what);
+}
+
+std::chrono::system_clock::time_point parse_iso8601(const std::string& text, const std::string& path) {
+  std::tm tm{};
+  int frac = 0;
+  int used = 0;
+  if (std::sscanf(text.c_str(), "%4d-%2d-%2dT%2d:%2d:%2d.%6dZ%n", &tm.tm_year, &tm.tm_mon, &tm.tm_mday, &tm.tm_hour,
+                  &tm.tm_min, &tm.tm_sec, &frac, &used) != 7 ||
+      static_cast<std::size_t>(used) != text.size()) {
+    bad(path, "\"since\" is not an ISO-8601 UTC time with microseconds: '" + text + "'");
+  }
+  tm.tm_year -= 1900;
+  tm.tm_mon -= 1;
+  const std::time_t secs = timegm(&tm);
+  return std::chrono::system_clock::time_point(std::chrono::seconds(secs) + std::chrono::microseconds(frac));
+}
+
+const json::value& field(const json::object& o, const char* key, const std::string& path) {
+  const auto* v = o.if_contains(key);
+  if (v == nullptr) bad(path, std::string("missing \"") + key + "\"");
+  return *v;
+}
+
+}  // namespace
+
+json::value to_json(const ChildStatus& status) {
+  json::array children;
+  children.reserve(status.children.size());
+  for (const auto& c : status.children) children.push_back(to_json(c));
+  return json::object{{"path", status.path},
+                      {"state", std::string(to_string(status.state))},
+                      {"since", iso8601(status.since)},
+                      {"restarts", static_cast<std::uint64_t>(status.restarts)},
+                      {"last_error", status.last_error},
+                      {"ready", status.ready},
+                      {"children", std::move(children)}};
+}
+
+ChildStatus status_from_json(const json::value& value) {
+  const auto* o = value.if_object();
+  if (o == nullptr) bad("", "not an object");
+  ChildStatus s;
+  const auto* path = field(*o, "path", "").if_string();
+  if (path == nullptr) bad("", "\"path\" is not a string");
+  s.path = std::string(*path);
+  const auto* state = field(*o, "state", s.path).if_string();
+  if (state == nullptr) bad(s.path, "\"state\" is not a string");
+  try {
+    s.state = child_state_from_string(std::string(*state));
+  } catch (const std::invalid_argument& e) {
+    bad(s.path, e.what());
+  }
+  const auto* since = field(*o, "since", s.path).if_string();
+  if (since == nullptr) bad(s.path, "\"since\" is not a string");
+  s.since = parse_iso8601(std::string(*since), s.path);
+  const auto& restarts = field(*o, "restarts", s.path);
+  if (restarts.is_uint64()) {
+    s.restarts = static_cast<std::size_t>(restarts.get_uint64());
+  } else if (restarts.is_int64() && restarts.get_int64() >= 0) {
+    s.restarts = static_cast<std::size_t>(restarts.get_int64());
+  } else {
+    bad(s.path, "\"restarts\" is not a non-negative integer");
+  }
+  const auto* err = field(*o, "last_error", s.path).if_string();
+  if (err == nullptr) bad(s.path, "\"last_error\" is not a string");
+  s.last_error = std::string(*err);
+  const auto* ready = field(*o, "ready", s.path).if_bool();
+  if (ready == nullptr) bad(s.path, "\"ready\" is not a boolean");
+  s.ready = *ready;
+  const auto* children = field(*o, "children", s.path).if_array();
+  if (children == nullptr) bad(s.path, "\"children\" is not an array");
+  s.children.reserve(children->size());
+  for (const auto& c : *children) s.children.push_back(status_from_json(c));
+  return s;
+}
+
+}  // namespace pm

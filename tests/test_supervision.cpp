@@ -1,0 +1,509 @@
+// Per-child options, readiness, ordering, strategies, events and status.
+#include <processmanager/processmanager.hpp>
+
+#include <gtest/gtest.h>
+
+#include <boost/json.hpp>
+
+#include <algorithm>
+
+#include "lifecycle_support.hpp"
+
+namespace {
+
+using namespace std::chrono_literals;
+namespace asio = pm::asio;
+using pm::ChildOptions;
+using pm::ChildState;
+using pm::EventKind;
+using pm::ProcessManagerBuilder;
+using pm::RestartOptions;
+using pm::RestartPolicy;
+using pm::StartOrder;
+using pm::Strategy;
+using pm::test::Behaviour;
+using pm::test::EventRecorder;
+using pm::test::Journal;
+using pm::test::Probe;
+using pm::test::process_error;
+using pm::test::Running;
+
+RestartOptions no_backoff(RestartPolicy policy = RestartPolicy::transient) {
+  RestartOptions o;
+  o.policy = policy;
+  o.backoff = {.initial = 0ns, .factor = 1.0, .max = 0ns, .jitter = false};
+  return o;
+}
+
+void send(const std::shared_ptr<pm::Runnable>& r, int code) { r->process_handle()->control(pm::RuntimeControlMessage::custom(code)); }
+
+// ---------------------------------------------------------------- options
+
+TEST(child_options, bad_options_are_refused_with_the_childs_name) {
+  auto j = std::make_shared<Journal>();
+  ChildOptions neg;
+  neg.shutdown_timeout = -1ms;
+  try {
+    ProcessManagerBuilder().name("m").pre_insert(std::make_shared<Probe>("db", j), neg);
+    FAIL() << "no exception";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("'db'"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("shutdown_timeout"), std::string::npos) << e.what();
+  }
+  ChildOptions start;
+  start.start_timeout = -5ms;
+  auto m = ProcessManagerBuilder().name("m").build();
+  EXPECT_THROW(m->insert(std::make_shared<Probe>("cache", j), start), std::invalid_argument);
+  EXPECT_THROW(ProcessManagerBuilder().intensity(3, 0ns), std::invalid_argument);
+}
+
+TEST(child_options, a_childs_shutdown_timeout_replaces_the_grace_period) {
+  auto j = std::make_shared<Journal>();
+  ChildOptions quick;
+  quick.shutdown_timeout = 20ms;
+  auto stubborn = std::make_shared<Probe>("stubborn", j, Behaviour{.ignore_shutdown = true});
+  auto polite = std::make_shared<Probe>("polite", j);
+  // The grace period is longer than the hang guard: only the child's own
+  // timeout can end this run in time.
+  auto m = ProcessManagerBuilder()
+               .name("m")
+               .shutdown_grace_period(10min)
+               .pre_insert(stubborn, quick)
+               .pre_insert(polite)
+               .build();
+  Running run(m);
+  ASSERT_TRUE(run.wait_ready());
+  run.stop();
+  EXPECT_EQ(run.finish(), nullptr);
+  EXPECT_EQ(j->count("stop stubborn"), 1u);
+  EXPECT_EQ(j->count("stop polite"), 1u);
+}
+
+TEST(child_options, a_significant_childs_normal_end_stops_the_manager) {
+  auto j = std::make_shared<Journal>();
+  ChildOptions significant;
+  significant.significant = true;
+  auto job = std::make_shared<Probe>("job", j, Behaviour{.end_at_once = true});
+  auto server = std::make_shared<Probe>("server", j);
+  auto m = ProcessManagerBuilder().name("m").pre_insert(server).pre_insert(job, significant).build();
+  Running run(m);
+  EXPECT_EQ(run.finish(), nullptr);
+  EXPECT_EQ(j->count("end job"), 1u);
+  EXPECT_EQ(j->count("stop server"), 1u);
+}
+
+TEST(child_options, a_child_not_ready_within_its_start_timeout_fails_the_manager_by_name) {
+  auto j = std::make_shared<Journal>();
+  ChildOptions opts;
+  opts.start_timeout = 30ms;
+  auto slow = std::make_shared<Probe>("slow", j, Behaviour{.defer_ready = true});
+  auto other = std::make_shared<Probe>("other", j);
+  auto m = ProcessManagerBuilder().name("m").pre_insert(other).pre_insert(slow, opts).build();
+  Running run(m);
+  auto pe = process_error(run.finish());
+  ASSERT_TRUE(pe);
+  EXPECT_EQ(pe->process_name(), "m/slow");
+  EXPECT_EQ(pe->reason(), "start timeout");
+  EXPECT_NE(std::string(pe->what()).find("did not become ready within 30 ms"), std::string::npos) << pe->what();
+  EXPECT_EQ(j->count("stop other"), 1u);
+}
+
+TEST(child_options, restart_options_under_stop_all_restart_the_child_in_place) {
+  auto j = std::make_shared<Journal>();
+  ChildOptions opts;
+  opts.restart = no_backoff();
+  auto flaky = std::make_shared<Probe>("flaky", j, Behaviour{.fail_first_runs = 2});
+  auto m = ProcessManagerBuilder().name("m").pre_insert(flaky, opts).build();
+  Running run(m);
+  ASSERT_TRUE(j->wait_for("start flaky", 3));
+  ASSERT_TRUE(run.wait_ready());
+  auto status = m->status();
+  ASSERT_EQ(status.children.size(), 1u);
+  EXPECT_EQ(status.children[0].path, "m/flaky");
+  EXPECT_EQ(status.children[0].restarts, 2u);
+  run.stop();
+  EXPECT_EQ(run.finish(), nullptr);
+}
+
+// -------------------------------------------------------------- readiness
+
+TEST(readiness, the_manager_is_ready_once_every_child_is_and_not_while_stopping) {
+  auto j = std::make_shared<Journal>();
+  auto quick = std::make_shared<Probe>("quick", j);
+  auto loader = std::make_shared<Probe>("loader", j, Behaviour{.defer_ready = true});
+  auto m = ProcessManagerBuilder().name("m").pre_insert(quick).pre_insert(loader).build();
+  Running run(m);
+  ASSERT_TRUE(j->wait_for("start loader"));
+  // The loader has its ticker but has not said it is ready.
+  EXPECT_FALSE(run.wait_ready(20ms));
+  EXPECT_FALSE(m->is_ready());
+  send(loader, 1);
+  EXPECT_TRUE(run.wait_ready());
+  EXPECT_TRUE(m->is_ready());
+  const auto st = m->status();
+  EXPECT_EQ(st.state, ChildState::ready);
+  for (const auto& c : st.children) EXPECT_EQ(c.state, ChildState::ready) << c.path;
+  run.stop();
+  EXPECT_EQ(run.finish(), nullptr);
+  EXPECT_FALSE(m->is_ready());
+}
+
+TEST(readiness, explicit_ready_ignores_the_ticker_and_wait_ready_ends_false_when_shutdown_begins) {
+  auto j = std::make_shared<Journal>();
+  auto lazy = pm::make_runnable("lazy", [j](pm::RuntimeContext& ctx) -> asio::awaitable<void> {
+    j->add("start lazy");
+    for (;;) {
+      auto msg = co_await ctx.next_control();
+      if (msg.is_shutdown()) co_return;
+      if (msg.custom_if<int>() != nullptr) ctx.ready();
+    }
+  });
+  ChildOptions opts;
+  opts.explicit_ready = true;
+  auto m = ProcessManagerBuilder().name("m").pre_insert(lazy, opts).build();
+  Running run(m);
+  ASSERT_TRUE(j->wait_for("start lazy"));
+  auto pending = asio::co_spawn(run.io(), m->wait_ready(pm::test::hang_guard), asio::use_future);
+  EXPECT_EQ(m->status().children.at(0).state, ChildState::running);
+  run.stop();
+  EXPECT_FALSE(pending.get()) << "a stopping manager is not ready";
+  EXPECT_EQ(run.finish(), nullptr);
+}
+
+// --------------------------------------------------------------- ordering
+
+TEST(ordering, sequential_start_waits_for_readiness_and_stop_is_in_exact_reverse_order) {
+  auto j = std::make_shared<Journal>();
+  auto a = std::make_shared<Probe>("a", j, Behaviour{.defer_ready = true});
+  auto b = std::make_shared<Probe>("b", j, Behaviour{.defer_ready = true});
+  auto c = std::make_shared<Probe>("c", j);
+  auto m = ProcessManagerBuilder()
+               .name("m")
+               .start_order(StartOrder::sequential)
+               .pre_insert(a)
+               .pre_insert(b)
+               .pre_insert(c)
+               .build();
+  Running run(m);
+  ASSERT_TRUE(j->wait_for("start a"));
+  EXPECT_FALSE(run.wait_ready(20ms));
+  EXPECT_EQ(j->count("start b"), 0u) << "b started before a was ready";
+  send(a, 1);
+  ASSERT_TRUE(j->wait_for("start b"));
+  EXPECT_EQ(j->count("start c"), 0u) << "c started before b was ready";
+  send(b, 1);
+  ASSERT_TRUE(run.wait_ready());
+  run.stop();
+  EXPECT_EQ(run.finish(), nullptr);
+  EXPECT_EQ(j->with_prefix("start "), (std::vector<std::string>{"start a", "start b", "start c"}));
+  EXPECT_EQ(j->with_prefix("stop "), (std::vector<std::string>{"stop c", "stop b", "stop a"}));
+}
+
+TEST(ordering, a_failure_also_stops_the_others_in_reverse_order) {
+  auto j = std::make_shared<Journal>();
+  std::vector<std::shared_ptr<Probe>> probes;
+  ProcessManagerBuilder b;
+  b.name("m").start_order(StartOrder::sequential);
+  for (const char* n : {"a", "b", "c", "d"}) {
+    probes.push_back(std::make_shared<Probe>(n, j));
+    b.pre_insert(probes.back());
+  }
+  auto m = b.build();
+  Running run(m);
+  ASSERT_TRUE(run.wait_ready());
+  send(probes[1], 2);  // b fails
+  auto pe = process_error(run.finish());
+  ASSERT_TRUE(pe);
+  EXPECT_EQ(pe->process_name(), "m/b");
+  EXPECT_EQ(j->with_prefix("stop "), (std::vector<std::string>{"stop d", "stop c", "stop a"}));
+}
+
+TEST(ordering, sequential_stop_gives_each_child_its_own_timeout_then_moves_on) {
+  auto j = std::make_shared<Journal>();
+  ChildOptions quick;
+  quick.shutdown_timeout = 10ms;
+  auto a = std::make_shared<Probe>("a", j);
+  auto stuck = std::make_shared<Probe>("stuck", j, Behaviour{.ignore_shutdown = true});
+  auto m = ProcessManagerBuilder()
+               .name("m")
+               .start_order(StartOrder::sequential)
+               .shutdown_grace_period(10min)
+               .pre_insert(a)
+               .pre_insert(stuck, quick)
+               .build();
+  Running run(m);
+  ASSERT_TRUE(run.wait_ready());
+  run.stop();
+  EXPECT_EQ(run.finish(), nullptr);
+  EXPECT_EQ(j->with_prefix("stop "), (std::vector<std::string>{"stop stuck", "stop a"}));
+}
+
+// ------------------------------------------------------------- strategies
+
+struct Trio {
+  std::shared_ptr<Journal> j = std::make_shared<Journal>();
+  std::shared_ptr<Probe> a = std::make_shared<Probe>("a", j);
+  std::shared_ptr<Probe> b = std::make_shared<Probe>("b", j);
+  std::shared_ptr<Probe> c = std::make_shared<Probe>("c", j);
+  std::shared_ptr<pm::ProcessManager> build(Strategy s, EventRecorder* rec = nullptr) {
+    ChildOptions o;
+    o.restart = no_backoff();
+    ProcessManagerBuilder bld;
+    bld.name("m").strategy(s).intensity(10, 1min).pre_insert(a, o).pre_insert(b, o).pre_insert(c, o);
+    if (rec != nullptr) bld.on_event(rec->hook());
+    return bld.build();
+  }
+};
+
+TEST(strategy, one_for_one_restarts_only_the_failed_child) {
+  Trio t;
+  auto m = t.build(Strategy::one_for_one);
+  Running run(m);
+  ASSERT_TRUE(run.wait_ready());
+  send(t.b, 2);
+  ASSERT_TRUE(t.j->wait_for("start b", 2));
+  ASSERT_TRUE(run.wait_ready());
+  EXPECT_EQ(t.a->runs.load(), 1);
+  EXPECT_EQ(t.b->runs.load(), 2);
+  EXPECT_EQ(t.c->runs.load(), 1);
+  EXPECT_EQ(t.j->count("stop a") + t.j->count("stop c"), 0u);
+  EXPECT_EQ(m->status().children.at(1).restarts, 1u);
+  run.stop();
+  EXPECT_EQ(run.finish(), nullptr);
+}
+
+TEST(strategy, one_for_all_stops_the_others_and_restarts_all) {
+  Trio t;
+  auto m = t.build(Strategy::one_for_all);
+  Running run(m);
+  ASSERT_TRUE(run.wait_ready());
+  send(t.b, 2);
+  ASSERT_TRUE(t.j->wait_for("start a", 2));
+  ASSERT_TRUE(t.j->wait_for("start b", 2));
+  ASSERT_TRUE(t.j->wait_for("start c", 2));
+  ASSERT_TRUE(run.wait_ready());
+  EXPECT_EQ(t.a->runs.load(), 2);
+  EXPECT_EQ(t.b->runs.load(), 2);
+  EXPECT_EQ(t.c->runs.load(), 2);
+  const auto lines = t.j->lines();
+  // After b failed: c and a were told to stop (concurrently: any order),
+  // then all three started again.
+  const auto fail_at = std::find(lines.begin(), lines.end(), "fail b");
+  ASSERT_NE(fail_at, lines.end());
+  std::vector<std::string> stops;
+  std::vector<std::string> starts;
+  for (auto it = fail_at + 1; it != lines.end(); ++it) {
+    if (it->rfind("stop ", 0) == 0) stops.push_back(*it);
+    if (it->rfind("start ", 0) == 0) starts.push_back(*it);
+  }
+  std::sort(stops.begin(), stops.end());
+  std::sort(starts.begin(), starts.end());
+  EXPECT_EQ(stops, (std::vector<std::string>{"stop a", "stop c"}));
+  EXPECT_EQ(starts, (std::vector<std::string>{"start a", "start b", "start c"}));
+  run.stop();
+  EXPECT_EQ(run.finish(), nullptr);
+}
+
+TEST(strategy, rest_for_one_restarts_the_failed_child_and_those_inserted_after_it) {
+  Trio t;
+  auto m = t.build(Strategy::rest_for_one);
+  Running run(m);
+  ASSERT_TRUE(run.wait_ready());
+  send(t.b, 2);
+  ASSERT_TRUE(t.j->wait_for("start b", 2));
+  ASSERT_TRUE(t.j->wait_for("start c", 2));
+  ASSERT_TRUE(run.wait_ready());
+  EXPECT_EQ(t.a->runs.load(), 1);
+  EXPECT_EQ(t.b->runs.load(), 2);
+  EXPECT_EQ(t.c->runs.load(), 2);
+  EXPECT_EQ(t.j->count("stop a"), 0u);
+  EXPECT_EQ(t.j->count("stop c"), 1u);
+  run.stop();
+  EXPECT_EQ(run.finish(), nullptr);
+}
+
+TEST(strategy, temporary_children_are_not_restarted_and_do_not_fail_the_manager) {
+  auto j = std::make_shared<Journal>();
+  auto once = std::make_shared<Probe>("once", j, Behaviour{.fail_first_runs = 1});
+  auto keep = std::make_shared<Probe>("keep", j);
+  ChildOptions temp;
+  temp.restart = no_backoff(RestartPolicy::temporary);
+  auto m = ProcessManagerBuilder().name("m").strategy(Strategy::one_for_one).pre_insert(once, temp).pre_insert(keep).build();
+  Running run(m);
+  ASSERT_TRUE(j->wait_for("fail once"));
+  ASSERT_TRUE(run.wait_ready());
+  EXPECT_EQ(once->runs.load(), 1);
+  run.stop();
+  EXPECT_EQ(run.finish(), nullptr);
+}
+
+TEST(strategy, exceeding_the_intensity_fails_the_manager_and_escalates_to_its_parent) {
+  auto j = std::make_shared<Journal>();
+  auto crashy = std::make_shared<Probe>("crashy", j, Behaviour{.fail_first_runs = 1000});
+  ChildOptions o;
+  o.restart = no_backoff();
+  auto inner = ProcessManagerBuilder()
+                   .name("inner")
+                   .strategy(Strategy::one_for_one)
+                   .intensity(3, 1min)
+                   .pre_insert(crashy, o)
+                   .build();
+  auto bystander = std::make_shared<Probe>("bystander", j);
+  EventRecorder rec;
+  auto root = ProcessManagerBuilder().name("root").on_event(rec.hook()).pre_insert(inner).pre_insert(bystander).build();
+  Running run(root);
+  auto pe = process_error(run.finish());
+  ASSERT_TRUE(pe);
+  EXPECT_EQ(pe->process_name(), "root/inner/crashy");
+  EXPECT_EQ(pe->reason(), "restart intensity exceeded (4 restarts within 60000 ms)");
+  EXPECT_EQ(crashy->runs.load(), 4);  // the first run and three restarts
+  EXPECT_EQ(j->count("stop bystander"), 1u);
+  // The parent's hook saw the nested give-up with the full path.
+  EXPECT_TRUE(rec.wait_for([](const pm::Event& e) {
+    return e.kind == EventKind::give_up && e.path == "root/inner/crashy";
+  }));
+}
+
+// ----------------------------------------------------------------- errors
+
+TEST(process_error, separates_the_root_cause_from_collateral_failures_and_children_that_did_not_stop) {
+  auto j = std::make_shared<Journal>();
+  auto culprit = std::make_shared<Probe>("culprit", j);
+  auto sore = std::make_shared<Probe>("sore", j, Behaviour{.throw_on_shutdown = true});
+  auto stuck = std::make_shared<Probe>("stuck", j, Behaviour{.ignore_shutdown = true});
+  auto m = ProcessManagerBuilder()
+               .name("m")
+               .shutdown_grace_period(10ms)
+               .pre_insert(culprit)
+               .pre_insert(sore)
+               .pre_insert(stuck)
+               .build();
+  Running run(m);
+  ASSERT_TRUE(run.wait_ready());
+  send(culprit, 2);
+  auto pe = process_error(run.finish());
+  ASSERT_TRUE(pe);
+  EXPECT_EQ(pe->root_cause().process_name, "m/culprit");
+  EXPECT_FALSE(pe->root_cause().collateral);
+  const auto collateral = pe->collateral();
+  ASSERT_EQ(collateral.size(), 1u);
+  EXPECT_EQ(collateral[0].process_name, "m/sore");
+  EXPECT_EQ(pe->not_stopped(), (std::vector<std::string>{"m/stuck"}));
+}
+
+// ----------------------------------------------------------------- events
+
+TEST(events, the_hook_sees_a_complete_ordered_story_of_failure_restart_and_give_up) {
+  auto j = std::make_shared<Journal>();
+  EventRecorder rec;
+  auto flaky = std::make_shared<Probe>("flaky", j, Behaviour{.fail_first_runs = 1000});
+  auto calm = std::make_shared<Probe>("calm", j);
+  ChildOptions o;
+  o.restart = no_backoff();
+  std::shared_ptr<pm::ProcessManager> m;
+  // The hook calls back into the manager: it must never run under its lock.
+  std::atomic<int> snapshots{0};
+  auto hook = rec.hook();
+  m = ProcessManagerBuilder()
+          .name("m")
+          .strategy(Strategy::one_for_one)
+          .intensity(1, 1min)
+          .on_event([&, hook](const pm::Event& e) {
+            hook(e);
+            if (m) {
+              (void)m->status();
+              snapshots.fetch_add(1);
+            }
+          })
+          .pre_insert(calm)
+          .pre_insert(flaky, o)
+          .build();
+  Running run(m);
+  auto pe = process_error(run.finish());
+  ASSERT_TRUE(pe);
+  EXPECT_GT(snapshots.load(), 0);
+  EXPECT_EQ(rec.story("m/flaky"),
+            (std::vector<std::string>{"state:starting", "state:running", "state:ready", "restart",
+                                      "state:restarting", "state:starting", "state:running", "state:ready", "give_up",
+                                      "state:failed"}));
+  EXPECT_EQ(rec.story("m/calm"), (std::vector<std::string>{"state:starting", "state:running", "state:ready",
+                                                           "state:stopping", "state:stopped"}));
+  for (const auto& e : rec.events()) {
+    if (e.kind == EventKind::restart) {
+      EXPECT_EQ(e.backoff, 0ns);
+      EXPECT_TRUE(e.cause);
+    }
+  }
+  // Timestamps never go backwards within a child's story.
+  auto events = rec.events();
+  for (std::size_t i = 1; i < events.size(); ++i) {
+    if (events[i].path == events[i - 1].path) {
+      EXPECT_LE(events[i - 1].time, events[i].time);
+    }
+  }
+}
+
+TEST(events, a_replaced_log_sink_receives_failures_with_their_path) {
+  std::mutex mu;
+  std::vector<std::string> lines;
+  pm::set_log_level(pm::LogLevel::info);
+  pm::set_log_sink([&](pm::LogLevel level, std::string_view path, std::string_view message) {
+    std::lock_guard lock(mu);
+    lines.push_back(std::string(to_string(level)) + " " + std::string(path) + ": " + std::string(message));
+  });
+  auto j = std::make_shared<Journal>();
+  auto bad = std::make_shared<Probe>("bad", j, Behaviour{.fail_first_runs = 1});
+  auto m = ProcessManagerBuilder().name("m").pre_insert(bad).build();
+  Running run(m);
+  EXPECT_TRUE(run.finish());
+  pm::set_log_sink({});
+  pm::set_log_level(std::nullopt);
+  std::lock_guard lock(mu);
+  bool found = false;
+  for (const auto& l : lines) found = found || l.rfind("ERROR m/bad: failed: bad failed on run 1", 0) == 0;
+  EXPECT_TRUE(found) << "no ERROR line for m/bad among " << lines.size() << " lines";
+}
+
+// ----------------------------------------------------------------- status
+
+TEST(status, a_nested_trees_status_names_every_child_and_round_trips_through_json) {
+  auto j = std::make_shared<Journal>();
+  auto leaf = std::make_shared<Probe>("leaf", j);
+  auto other = std::make_shared<Probe>("other", j);
+  auto inner = ProcessManagerBuilder().name("inner").pre_insert(leaf).pre_insert(other).build();
+  auto top = std::make_shared<Probe>("top", j);
+  auto root = ProcessManagerBuilder().name("root").pre_insert(top).pre_insert(inner).build();
+  Running run(root);
+  ASSERT_TRUE(run.wait_ready());
+  const pm::ChildStatus st = root->status();
+  EXPECT_EQ(st.path, "root");
+  EXPECT_TRUE(st.ready);
+  ASSERT_EQ(st.children.size(), 2u);
+  EXPECT_EQ(st.children[0].path, "root/top");
+  EXPECT_EQ(st.children[1].path, "root/inner");
+  EXPECT_EQ(st.children[1].state, ChildState::ready);
+  ASSERT_EQ(st.children[1].children.size(), 2u);
+  EXPECT_EQ(st.children[1].children[0].path, "root/inner/leaf");
+  EXPECT_EQ(st.children[1].children[1].path, "root/inner/other");
+
+  const boost::json::value doc = pm::to_json(st);
+  const std::string text = boost::json::serialize(doc);
+  EXPECT_NE(text.find("\"root/inner/leaf\""), std::string::npos) << text;
+  const pm::ChildStatus back = pm::status_from_json(boost::json::parse(text));
+  EXPECT_EQ(back, st);
+  EXPECT_EQ(boost::json::serialize(pm::to_json(back)), text);
+
+  auto broken = doc;
+  broken.as_object()["children"].as_array()[0].as_object()["state"] = "sleepy";
+  try {
+    (void)pm::status_from_json(broken);
+    FAIL() << "no exception";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("root/top"), std::string::npos) << e.what();
+  }
+  run.stop();
+  EXPECT_EQ(run.finish(), nullptr);
+  EXPECT_EQ(root->status().state, ChildState::stopped);
+}
+
+}  // namespace
