@@ -9,8 +9,8 @@
 namespace pm {
 
 namespace {
-constexpr std::array<std::string_view, 8> state_names{"starting", "running",    "ready",    "stopping",
-                                                       "stopped",  "failed", "restarting", "abandoned"};
+constexpr std::array<std::string_view, 8> state_names{"starting", "running", "ready",      "stopping",
+                                                      "stopped",  "failed",  "restarting", "abandoned"};
 }  // namespace
 
 std::string_view to_string(ChildState state) noexcept {
@@ -58,7 +58,9 @@ LogLevel level_of(const Event& event) noexcept {
     case ChildState::abandoned:
       return LogLevel::error;
     case ChildState::restarting:
-      return LogLevel::warn;
+      // The restart event itself is the warning; a group member's
+      // restart (which has none) says why in its detail.
+      return event.detail.empty() ? LogLevel::debug : LogLevel::info;
     case ChildState::stopped:
       // A stop that needed cancellation, or a manager told to stop by a
       // significant child, is worth a line.
@@ -80,14 +82,16 @@ std::string describe(const Event& event) {
         if (!event.detail.empty()) out += " (" + event.detail + ")";
         return out;
       }
-      out = std::string(to_string(event.previous)) + " -> " + std::string(to_string(event.state));
+      out = event.previous == event.state
+                ? std::string(to_string(event.state))
+                : std::string(to_string(event.previous)) + " -> " + std::string(to_string(event.state));
       break;
     case EventKind::control:
       out = "control: " + std::string(to_string(event.control));
       break;
     case EventKind::restart:
-      out = "restart in " + std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(event.backoff).count()) +
-            " ms";
+      out = "restart in " +
+            std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(event.backoff).count()) + " ms";
       if (event.cause) out += " after: " + describe(event.cause);
       break;
     case EventKind::give_up:

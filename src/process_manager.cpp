@@ -136,6 +136,7 @@ struct ChildNode final : ReadinessTarget, std::enable_shared_from_this<ChildNode
         run(std::move(run_)),
         options(std::move(o)) {}
   void on_ready(bool declared) override;
+  void on_unready() override;
   /// Where its coroutine runs: its strand, or the manager's base executor
   /// when that runs on one thread.
   const asio::any_io_executor& executor() const;
@@ -236,6 +237,8 @@ class ManagerCore final : public std::enable_shared_from_this<ManagerCore> {
     if (has_events.load(std::memory_order_acquire)) flush_queued();
   }
   void flush_queued();
+  /// The full path of a child, for events and logs. Under `mu`.
+  std::string event_path(const std::string& child) const { return prefix + name + "/" + child; }
   /// Sets the manager's own state; under `mu`.
   void set_self(ChildState s) {
     self_state = s;
@@ -263,7 +266,9 @@ class ManagerCore final : public std::enable_shared_from_this<ManagerCore> {
   ChildState self_state = ChildState::stopped;
   sys_clock::time_point self_since{};
   std::string self_error;
-  std::function<void(bool)> ready_watch;  // a parent manager watching us
+  std::function<void(bool)> ready_watch;        // watch_readiness() on our handle
+  std::weak_ptr<ReadinessTarget> ready_target;  // our node in a parent manager
+  std::string prefix;                           // "app/" when we run as a child of "app"
   std::vector<std::shared_ptr<ReadyWaiter>> ready_waiters;
   std::weak_ptr<ManagerCore> parent;  // set while we run as a child of another manager
   std::atomic<bool> forward{false};   // the parent observes: pass our events up
@@ -299,12 +304,8 @@ void ManagerCore::flush_queued() {
         }
       }
       if (up) {
-        Event copy = ev;
-        copy.path = up->name + "/" + ev.path;
-        {
-          std::lock_guard lock(up->mu);
-          up->queue(std::move(copy), true);
-        }
+        std::lock_guard lock(up->mu);
+        up->queue(ev, true);  // its path is full already
       }
     }
     if (up) up->flush();
@@ -315,6 +316,12 @@ void ManagerCore::flush_queued() {
     }
   }
 }
+
+/// Tells a nested manager (our child) its place in the tree: the path
+/// prefix of its events, our node that watches its readiness, and whether
+/// its events go up to us.
+void attach_parent(ManagerCore& nested, const std::shared_ptr<ManagerCore>& parent,
+                   std::weak_ptr<ReadinessTarget> target);
 
 /// The manager's handle. It refers to the core weakly: a child that keeps
 /// its own manager's handle (to stop the tree, say) must not keep the
@@ -336,6 +343,7 @@ class ManagerHandle final : public ProcessControlHandler {
     control(RuntimeControlMessage::reload());
     co_return;
   }
+  std::shared_ptr<ManagerCore> core() const { return core_.lock(); }
   bool watch_readiness(std::function<void(bool)> on_ready) override {
     auto core = core_.lock();
     if (!core) return false;
@@ -350,7 +358,9 @@ class ManagerHandle final : public ProcessControlHandler {
 
 /// Whom to tell that the manager's readiness changed (rarely set).
 struct ReadyChange {
-  std::function<void(bool)> watch;
+  bool ready = false;
+  std::function<void(bool)> watch;          // told only when it becomes ready
+  std::shared_ptr<ReadinessTarget> target;  // our node in a parent: told both ways
   std::vector<std::shared_ptr<ReadyWaiter>> waiters;
 };
 using ReadyNotice = std::optional<ReadyChange>;
@@ -364,6 +374,7 @@ struct Actions {
   std::vector<std::shared_ptr<ChildNode>> restart;
   std::vector<std::shared_ptr<ChildNode>> released;  // dropped after the lock: their destructors run user code
   bool give_up = false;
+  bool stop_fanout = false;  // `tell` is a concurrent stop's fan-out: its grace starts once it is delivered
 };
 
 /// One execution of process_start(). Shared by its frame and its children,
@@ -384,6 +395,7 @@ class ManagerRun {
   std::size_t special = 0;  // live children with a shutdown or start timeout of their own
   bool accepting = true;
   bool stopping = false;
+  bool telling = false;  // a concurrent stop's messages are still being handed out
   bool forcing = false;
   clock::time_point stop_at{};
   clock::time_point force_at{};
@@ -449,7 +461,7 @@ class ManagerRun {
     ev.previous = from;
     ev.cause = std::move(cause);
     ev.detail = std::move(detail);
-    ev.path = core->name + "/" + n.name();
+    ev.path = core->event_path(n.name());
     ev.time = n.since;
     core->queue(std::move(ev));
   }
@@ -461,11 +473,16 @@ class ManagerRun {
     const bool now_ready = all_ready();
     // Waiters also hear "false" once shutdown begins: it will not be ready.
     if (now_ready == core->ready && !(stopping && !core->ready_waiters.empty())) return;
+    const bool changed = now_ready != core->ready;
     core->ready = now_ready;
     out.emplace();
+    out->ready = now_ready;
+    if (changed) out->target = core->ready_target.lock();
     if (now_ready) {
       core->set_self(ChildState::ready);
       out->watch = core->ready_watch;
+    } else if (changed && core->self_state == ChildState::ready) {
+      core->set_self(ChildState::running);
     }
     if (now_ready || stopping) {
       for (auto& w : core->ready_waiters) {
@@ -495,6 +512,11 @@ class ManagerRun {
     }
     parked.clear();
     if (!sequential()) {
+      // The grace period starts once every child has its message (see
+      // told_all): a thread that hands them out slowly must not let the
+      // grace run out on a child that was never asked.
+      telling = true;
+      act.stop_fanout = true;
       act.tell.reserve(act.tell.size() + live);
       // Newest first, as a sequential stop would; it also suits Asio's
       // timer heap, where the newest timers sit at the end and leave in O(1).
@@ -530,7 +552,7 @@ class ManagerRun {
     not_stopped.push_back(path);
     Event ev;
     ev.kind = EventKind::abandoned;
-    ev.path = path;
+    ev.path = core->prefix + path;
     ev.time = now_us();
     ev.detail = "ignored terminal cancellation; abandoned so that the manager can stop";
     core->queue(std::move(ev));
@@ -544,7 +566,7 @@ class ManagerRun {
     clock::time_point d = clock::time_point::max();
     if (forcing) {
       d = force_at + core->abandon;
-    } else if (stopping && !sequential() && special == 0) {
+    } else if (stopping && !sequential() && special == 0 && !telling) {
       d = stop_at + core->grace;
     }
     if (!stopping && !parked.empty() && group_running == 0) {
@@ -555,7 +577,7 @@ class ManagerRun {
         if (n->parked) continue;
         if (n->forced) {
           d = std::min(d, n->mark + core->abandon);
-        } else if (n->told) {
+        } else if (n->told && !telling) {
           d = std::min(d, n->mark + n->timeout_or(core->grace));
         } else if (!stopping && !n->ready && n->options && n->options->start_timeout) {
           d = std::min(d, n->mark + *n->options->start_timeout);
@@ -589,6 +611,7 @@ class ManagerRun {
       }
       return;
     }
+    if (telling) return;  // the grace starts once every child has its message
     if (sequential()) {
       plan_sequential_stop(now, act);
     } else if (special == 0) {
@@ -680,6 +703,7 @@ class ManagerRun {
       // Stopped so that its group restarts together: wait with the others.
       n.group = false;
       --group_running;
+      ++n.restarts;
       if (failed) n.last_error = e;
       park(node, std::max(now, group_restart_at));
       set_state(n, ChildState::restarting, {}, "restarting with its group");
@@ -704,7 +728,7 @@ class ManagerRun {
       if (!cause) cause = std::make_exception_ptr(std::runtime_error("'" + path + "' ended and is permanent"));
       Event ev;
       ev.kind = EventKind::give_up;
-      ev.path = path;
+      ev.path = core->prefix + path;
       ev.time = now_us();
       ev.cause = cause;
       ev.detail = reason;
@@ -733,7 +757,7 @@ class ManagerRun {
     if (failed) n.last_error = e;
     Event ev;
     ev.kind = EventKind::restart;
-    ev.path = path;
+    ev.path = core->prefix + path;
     ev.time = now_us();
     ev.cause = e;
     ev.backoff = backoff;
@@ -817,6 +841,26 @@ void tell_all(const std::vector<std::shared_ptr<ProcessControlHandler>>& handles
   }
 }
 
+/// A concurrent stop's messages are all handed out: its grace starts now.
+void told_all(ManagerRun& run) {
+  std::lock_guard lock(run.core->mu);
+  if (!run.telling) return;
+  run.telling = false;
+  run.stop_at = clock::now();
+  if (run.special > 0) {
+    for (ChildNode* n = run.head; n != nullptr; n = n->next) {
+      if (n->told && !n->forced) n->mark = run.stop_at;
+    }
+  }
+  run.poke();
+}
+
+/// Hands out the stop messages of `act`, then starts the grace.
+void deliver_stop(ManagerRun& run, const Actions& act) {
+  tell_all(act.tell, RuntimeControlMessage::shutdown());
+  if (act.stop_fanout) told_all(run);
+}
+
 void force(const std::vector<std::shared_ptr<ChildNode>>& nodes) {
   for (const auto& n : nodes) {
     // Emitted on the child's strand, where its coroutine runs.
@@ -829,6 +873,13 @@ void force(const std::vector<std::shared_ptr<ChildNode>>& nodes) {
 void notify_ready(ReadyNotice& who) {
   if (!who) return;
   if (who->watch) who->watch(true);
+  if (who->target) {
+    if (who->ready) {
+      who->target->on_ready(true);
+    } else {
+      who->target->on_unready();
+    }
+  }
   for (auto& w : who->waiters) {
     // The timer belongs to the waiter's executor; its wait was set up
     // before the waiter was listed, so this cancel finds it.
@@ -910,7 +961,7 @@ void child_ended(const std::shared_ptr<ChildNode>& node, const std::exception_pt
       if (node->options && node->options->significant && !run.stopping) {
         Event ev;
         ev.kind = EventKind::state;
-        ev.path = core.name;
+        ev.path = core.prefix + core.name;
         ev.time = now_us();
         ev.state = ChildState::stopping;
         ev.previous = core.self_state;
@@ -931,7 +982,7 @@ void child_ended(const std::shared_ptr<ChildNode>& node, const std::exception_pt
   }
   core.flush();
   notify_ready(readiness);
-  tell_all(act.tell, RuntimeControlMessage::shutdown());
+  deliver_stop(run, act);
   force(act.force);
 }
 
@@ -978,6 +1029,23 @@ void ChildNode::on_ready(bool declared) {
   notify_ready(readiness);
 }
 
+void ChildNode::on_unready() {
+  auto node = shared_from_this();
+  ManagerRun& r = *node->run;
+  ManagerCore& core = *r.core;
+  ReadyNotice readiness;
+  {
+    std::lock_guard lock(core.mu);
+    if (!node->linked || !node->ready) return;
+    node->ready = false;
+    --r.ready_count;
+    if (node->state == ChildState::ready) r.set_state(*node, ChildState::running);
+    r.update_ready(readiness);
+  }
+  core.flush();
+  notify_ready(readiness);
+}
+
 namespace {
 
 std::shared_ptr<ChildNode> start_child(const std::shared_ptr<ManagerRun>& run, std::shared_ptr<Runnable> child,
@@ -990,13 +1058,19 @@ std::shared_ptr<ChildNode> start_child(const std::shared_ptr<ManagerRun>& run, s
                                 "' returned a null process_handle()");
   }
   auto node = std::make_shared<ChildNode>(std::move(child), handle, strand_of(run->base), run, std::move(options));
-  // A nested manager passes its events up when we have listeners.
-  if (core.observed()) {
-    if (auto* nested = dynamic_cast<ProcessManager*>(node->runnable.get())) detail::attach_parent(*nested, run->core);
+  // A nested manager learns its place: its paths, its readiness, and
+  // whether to pass its events up.
+  if (typeid(*handle) == typeid(ManagerHandle)) {
+    if (auto nested = static_cast<ManagerHandle&>(*handle).core()) {
+      attach_parent(*nested, run->core, std::weak_ptr<ReadinessTarget>(node));
+      node->watches = true;
+    }
   }
   // A guard's handle takes the node itself as its watcher (no function
   // object to allocate per child); any other handle gets a function.
-  if (typeid(*handle) == typeid(GuardState)) {
+  if (node->watches) {
+    // A nested manager: watched through its core above.
+  } else if (typeid(*handle) == typeid(GuardState)) {
     static_cast<GuardState&>(*handle).watch_target(std::weak_ptr<ReadinessTarget>(node));
     node->watches = true;
   } else {
@@ -1019,7 +1093,7 @@ std::shared_ptr<ChildNode> start_child(const std::shared_ptr<ManagerRun>& run, s
     if (core.observed()) {
       Event ev;
       ev.kind = EventKind::state;
-      ev.path = core.name + "/" + node->name();
+      ev.path = core.event_path(node->name());
       ev.time = node->since;
       ev.state = ChildState::starting;
       ev.previous = ChildState::starting;
@@ -1105,7 +1179,7 @@ void restart_child(const std::shared_ptr<ManagerRun>& run, const std::shared_ptr
 
 void execute(ManagerRun& run, Actions& act) {
   run.core->flush();
-  tell_all(act.tell, RuntimeControlMessage::shutdown());
+  deliver_stop(run, act);
   force(act.force);
 }
 
@@ -1284,11 +1358,19 @@ asio::awaitable<void> run_manager(std::shared_ptr<ManagerCore> core) {
 
 }  // namespace
 
-void attach_parent(ProcessManager& nested, const std::shared_ptr<ManagerCore>& parent) {
+void attach_parent(ManagerCore& nested, const std::shared_ptr<ManagerCore>& parent,
+                   std::weak_ptr<ReadinessTarget> target) {
+  std::string prefix;
+  {
+    std::lock_guard lock(parent->mu);
+    prefix = parent->prefix + parent->name + "/";
+  }
   const bool observed = parent->observed();
-  std::lock_guard lock(nested.core_->mu);
-  nested.core_->parent = parent;
-  nested.core_->forward.store(observed, std::memory_order_relaxed);
+  std::lock_guard lock(nested.mu);
+  nested.parent = parent;
+  nested.prefix = std::move(prefix);
+  nested.ready_target = std::move(target);
+  nested.forward.store(observed, std::memory_order_relaxed);
 }
 
 void ManagerCore::control(RuntimeControlMessage msg) {
@@ -1312,7 +1394,7 @@ void ManagerCore::control(RuntimeControlMessage msg) {
         for (ChildNode* n = run->head; n != nullptr; n = n->next) {
           Event ev;
           ev.kind = EventKind::control;
-          ev.path = name + "/" + n->name();
+          ev.path = event_path(n->name());
           ev.time = now_us();
           ev.control = msg.kind();
           queue(std::move(ev));
@@ -1328,6 +1410,7 @@ void ManagerCore::control(RuntimeControlMessage msg) {
   flush();
   notify_ready(readiness);
   tell_all(act.tell, msg);
+  if (act.stop_fanout) told_all(*run);
 }
 
 asio::awaitable<void> ManagerCore::shutdown() {

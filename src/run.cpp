@@ -73,7 +73,11 @@ int run(std::shared_ptr<Runnable> root, RunOptions options) {
     try {
       std::rethrow_exception(failure);
     } catch (const ProcessError& e) {
-      for (const auto& f : e.failures()) log_line(LogLevel::error, f.process_name, describe(f));
+      // Each failure was logged where it happened (the manager's events);
+      // here one summary line, so the exit is explained without repeats.
+      log_line(LogLevel::error, root_name,
+               "exiting with code 1: " + std::to_string(e.failures().size()) + " failure(s), the first '" +
+                   e.process_name() + "' " + describe(e.root_cause()));
     } catch (const std::exception& e) {
       log_line(LogLevel::error, root_name, std::string("failed: ") + e.what());
     } catch (...) {

@@ -57,9 +57,9 @@ class Journal {
 
 /// What a Probe does.
 struct Behaviour {
-  bool defer_ready = false;       ///< ready only on custom(1)
-  int fail_first_runs = 0;        ///< the first runs throw as soon as they have their ticker
-  bool end_at_once = false;       ///< returns as soon as it has its ticker
+  bool defer_ready = false;        ///< ready only on custom(1)
+  int fail_first_runs = 0;         ///< the first runs throw as soon as they have their ticker
+  bool end_at_once = false;        ///< returns as soon as it has its ticker
   bool throw_on_shutdown = false;  ///< a shutdown makes it throw (a collateral failure)
   bool ignore_shutdown = false;    ///< keeps running on shutdown (until cancelled)
 };

@@ -313,7 +313,7 @@ int run_once(std::uint64_t seed) {
     if (s->ended_on_own) {
       EXPECT_LE(s->shutdowns, 1) << s->path;
     } else {
-      EXPECT_EQ(s->shutdowns, 1) << s->path;
+      EXPECT_EQ(s->shutdowns, 1) << s->path << " (kind " << static_cast<int>(s->kind) << ")";
     }
     // 4. Direct messages: a gap-free prefix, in order; with no failure in
     //    the run, a service stopped by the shutdown saw all sent before it.

@@ -35,7 +35,9 @@ RestartOptions no_backoff(RestartPolicy policy = RestartPolicy::transient) {
   return o;
 }
 
-void send(const std::shared_ptr<pm::Runnable>& r, int code) { r->process_handle()->control(pm::RuntimeControlMessage::custom(code)); }
+void send(const std::shared_ptr<pm::Runnable>& r, int code) {
+  r->process_handle()->control(pm::RuntimeControlMessage::custom(code));
+}
 
 // ---------------------------------------------------------------- options
 
@@ -170,6 +172,34 @@ TEST(readiness, explicit_ready_ignores_the_ticker_and_wait_ready_ends_false_when
   EXPECT_EQ(run.finish(), nullptr);
 }
 
+TEST(readiness, a_nested_managers_readiness_reaches_its_parent_both_ways) {
+  auto j = std::make_shared<Journal>();
+  auto loader = std::make_shared<Probe>("loader", j, Behaviour{.defer_ready = true});
+  ChildOptions slow_restart;
+  slow_restart.restart = RestartOptions{};
+  slow_restart.restart->backoff.initial = 1h;  // stays "restarting" for the rest of the test
+  auto inner =
+      ProcessManagerBuilder().name("inner").strategy(Strategy::one_for_one).pre_insert(loader, slow_restart).build();
+  EventRecorder rec;
+  auto root = ProcessManagerBuilder().name("root").on_event(rec.hook()).pre_insert(inner).build();
+  Running run(root);
+  ASSERT_TRUE(j->wait_for("start loader"));
+  EXPECT_FALSE(run.wait_ready(20ms));
+  send(loader, 1);
+  ASSERT_TRUE(run.wait_ready());
+  send(loader, 2);  // fails; restarts only in an hour
+  // Our node for "inner" drops back from ready to running, under our lock,
+  // before the hook hears of it.
+  ASSERT_TRUE(rec.wait_for([](const pm::Event& e) {
+    return e.kind == EventKind::state && e.path == "root/inner" && e.previous == ChildState::ready &&
+           e.state == ChildState::running;
+  }));
+  EXPECT_FALSE(root->is_ready());
+  EXPECT_EQ(root->status().children.at(0).children.at(0).state, ChildState::restarting);
+  run.stop();
+  EXPECT_EQ(run.finish(), nullptr);
+}
+
 // --------------------------------------------------------------- ordering
 
 TEST(ordering, sequential_start_waits_for_readiness_and_stop_is_in_exact_reverse_order) {
@@ -300,6 +330,7 @@ TEST(strategy, one_for_all_stops_the_others_and_restarts_all) {
   std::sort(starts.begin(), starts.end());
   EXPECT_EQ(stops, (std::vector<std::string>{"stop a", "stop c"}));
   EXPECT_EQ(starts, (std::vector<std::string>{"start a", "start b", "start c"}));
+  for (const auto& c : m->status().children) EXPECT_EQ(c.restarts, 1u) << c.path;
   run.stop();
   EXPECT_EQ(run.finish(), nullptr);
 }
@@ -328,7 +359,8 @@ TEST(strategy, temporary_children_are_not_restarted_and_do_not_fail_the_manager)
   auto keep = std::make_shared<Probe>("keep", j);
   ChildOptions temp;
   temp.restart = no_backoff(RestartPolicy::temporary);
-  auto m = ProcessManagerBuilder().name("m").strategy(Strategy::one_for_one).pre_insert(once, temp).pre_insert(keep).build();
+  auto m =
+      ProcessManagerBuilder().name("m").strategy(Strategy::one_for_one).pre_insert(once, temp).pre_insert(keep).build();
   Running run(m);
   ASSERT_TRUE(j->wait_for("fail once"));
   ASSERT_TRUE(run.wait_ready());
@@ -359,9 +391,8 @@ TEST(strategy, exceeding_the_intensity_fails_the_manager_and_escalates_to_its_pa
   EXPECT_EQ(crashy->runs.load(), 4);  // the first run and three restarts
   EXPECT_EQ(j->count("stop bystander"), 1u);
   // The parent's hook saw the nested give-up with the full path.
-  EXPECT_TRUE(rec.wait_for([](const pm::Event& e) {
-    return e.kind == EventKind::give_up && e.path == "root/inner/crashy";
-  }));
+  EXPECT_TRUE(
+      rec.wait_for([](const pm::Event& e) { return e.kind == EventKind::give_up && e.path == "root/inner/crashy"; }));
 }
 
 // ----------------------------------------------------------------- errors
@@ -423,9 +454,8 @@ TEST(events, the_hook_sees_a_complete_ordered_story_of_failure_restart_and_give_
   ASSERT_TRUE(pe);
   EXPECT_GT(snapshots.load(), 0);
   EXPECT_EQ(rec.story("m/flaky"),
-            (std::vector<std::string>{"state:starting", "state:running", "state:ready", "restart",
-                                      "state:restarting", "state:starting", "state:running", "state:ready", "give_up",
-                                      "state:failed"}));
+            (std::vector<std::string>{"state:starting", "state:running", "state:ready", "restart", "state:restarting",
+                                      "state:starting", "state:running", "state:ready", "give_up", "state:failed"}));
   EXPECT_EQ(rec.story("m/calm"), (std::vector<std::string>{"state:starting", "state:running", "state:ready",
                                                            "state:stopping", "state:stopped"}));
   for (const auto& e : rec.events()) {

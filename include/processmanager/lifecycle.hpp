@@ -44,14 +44,14 @@ std::string_view to_string(EventKind kind) noexcept;
 /// One thing that happened to one child.
 struct Event {
   EventKind kind = EventKind::state;
-  std::string path;                             ///< "root/db/writer"
+  std::string path;                              ///< "root/db/writer"
   std::chrono::system_clock::time_point time{};  ///< when it happened
-  ChildState state = ChildState::starting;      ///< the new state (kind state)
-  ChildState previous = ChildState::starting;   ///< the old state (kind state)
-  std::exception_ptr cause{};                   ///< the failure behind it, if any
-  std::chrono::nanoseconds backoff{};           ///< the wait before a restart (kind restart)
-  ControlKind control = ControlKind::shutdown;  ///< the message (kind control)
-  std::string detail{};                         ///< a few words more, for people
+  ChildState state = ChildState::starting;       ///< the new state (kind state)
+  ChildState previous = ChildState::starting;    ///< the old state (kind state)
+  std::exception_ptr cause{};                    ///< the failure behind it, if any
+  std::chrono::nanoseconds backoff{};            ///< the wait before a restart (kind restart)
+  ControlKind control = ControlKind::shutdown;   ///< the message (kind control)
+  std::string detail{};                          ///< a few words more, for people
 };
 
 /// Severity of a log line.
@@ -89,13 +89,13 @@ using EventHook = std::function<void(const Event&)>;
 
 /// A snapshot of one child, or of a manager and its subtree.
 struct ChildStatus {
-  std::string path;                              ///< "root/db/writer"
-  ChildState state = ChildState::starting;       ///< now
+  std::string path;                               ///< "root/db/writer"
+  ChildState state = ChildState::starting;        ///< now
   std::chrono::system_clock::time_point since{};  ///< when it entered `state` (microsecond precision)
-  std::size_t restarts = 0;                      ///< restarts so far
-  std::string last_error{};                      ///< the latest failure in words, or empty
-  bool ready = false;                            ///< counts as ready now
-  std::vector<ChildStatus> children{};           ///< a nested manager's children, in start order
+  std::size_t restarts = 0;                       ///< restarts so far
+  std::string last_error{};                       ///< the latest failure in words, or empty
+  bool ready = false;                             ///< counts as ready now
+  std::vector<ChildStatus> children{};            ///< a nested manager's children, in start order
 
   friend bool operator==(const ChildStatus&, const ChildStatus&) = default;
 };

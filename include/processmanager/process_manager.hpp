@@ -22,7 +22,6 @@ class ProcessManager;
 namespace detail {
 class ManagerCore;
 class ManagerHandle;
-void attach_parent(ProcessManager& nested, const std::shared_ptr<ManagerCore>& parent);
 }  // namespace detail
 
 /// One child's failure.
@@ -168,7 +167,6 @@ class ProcessManager : public Runnable {
 
  private:
   friend class ProcessManagerBuilder;
-  friend void detail::attach_parent(ProcessManager& nested, const std::shared_ptr<detail::ManagerCore>& parent);
   explicit ProcessManager(std::shared_ptr<detail::ManagerCore> core);
   void add_with(std::shared_ptr<Runnable> child, std::shared_ptr<const ChildOptions> options);
   std::shared_ptr<detail::ManagerCore> core_;

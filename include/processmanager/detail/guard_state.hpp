@@ -38,6 +38,8 @@ asio::cancellation_signal* relay_signal_of(const asio::cancellation_state& state
 class ReadinessTarget {
  public:
   virtual void on_ready(bool declared) = 0;
+  /// It stopped being ready (a nested manager restarting a child, say).
+  virtual void on_unready() {}
 
  protected:
   ~ReadinessTarget() = default;
