@@ -903,7 +903,12 @@ std::vector<Failure> failures_of(const std::string& manager, const std::string& 
       out.push_back(Failure{manager + "/" + f.process_name, f.cause, f.reason, collateral || f.collateral});
     }
     if (not_stopped != nullptr) {
-      for (const auto& p : pe.not_stopped()) not_stopped->push_back(manager + "/" + p);
+      for (const auto& p : pe.not_stopped()) {
+        std::string path = manager;
+        path += '/';
+        path += p;
+        not_stopped->push_back(std::move(path));
+      }
     }
     return out;
   } catch (...) {
@@ -1060,7 +1065,8 @@ std::shared_ptr<ChildNode> start_child(const std::shared_ptr<ManagerRun>& run, s
   auto node = std::make_shared<ChildNode>(std::move(child), handle, strand_of(run->base), run, std::move(options));
   // A nested manager learns its place: its paths, its readiness, and
   // whether to pass its events up.
-  if (typeid(*handle) == typeid(ManagerHandle)) {
+  ProcessControlHandler& h = *handle;
+  if (typeid(h) == typeid(ManagerHandle)) {
     if (auto nested = static_cast<ManagerHandle&>(*handle).core()) {
       attach_parent(*nested, run->core, std::weak_ptr<ReadinessTarget>(node));
       node->watches = true;
@@ -1070,7 +1076,7 @@ std::shared_ptr<ChildNode> start_child(const std::shared_ptr<ManagerRun>& run, s
   // object to allocate per child); any other handle gets a function.
   if (node->watches) {
     // A nested manager: watched through its core above.
-  } else if (typeid(*handle) == typeid(GuardState)) {
+  } else if (typeid(h) == typeid(GuardState)) {
     static_cast<GuardState&>(*handle).watch_target(std::weak_ptr<ReadinessTarget>(node));
     node->watches = true;
   } else {
@@ -1203,7 +1209,7 @@ auto wait_for_event(ManagerRun& run, asio::steady_timer& timer, Token&& token) {
 
 /// Starts one child from the run loop; a child that cannot start fails the
 /// manager (and so stops the others).
-void start_or_fail(const std::shared_ptr<ManagerRun>& run, std::shared_ptr<Runnable> child,
+void start_or_fail(const std::shared_ptr<ManagerRun>& run, const std::shared_ptr<Runnable>& child,
                    std::shared_ptr<const ChildOptions> options) {
   ManagerCore& core = *run->core;
   try {
@@ -1439,13 +1445,14 @@ asio::awaitable<void> ManagerCore::shutdown() {
 
 namespace {
 
-std::shared_ptr<const ChildOptions> checked(const std::string& manager, const Runnable& child, ChildOptions options) {
+std::shared_ptr<const ChildOptions> checked(const std::string& manager, const Runnable& child,
+                                            const ChildOptions& options) {
   auto fail = [&](const std::string& what) {
     throw std::invalid_argument("ProcessManager '" + manager + "': child '" + child.process_name() + "': " + what);
   };
   if (options.shutdown_timeout && options.shutdown_timeout->count() < 0) fail("negative shutdown_timeout");
   if (options.start_timeout && options.start_timeout->count() < 0) fail("negative start_timeout");
-  return std::make_shared<const ChildOptions>(std::move(options));
+  return std::make_shared<const ChildOptions>(options);
 }
 
 /// A child with restart options runs under a RestartSupervisor.
@@ -1482,7 +1489,7 @@ void ProcessManager::insert(std::shared_ptr<Runnable> child) {
 
 void ProcessManager::insert(std::shared_ptr<Runnable> child, ChildOptions options) {
   if (!child) throw std::invalid_argument("ProcessManager '" + core_->name + "': insert() of a null runnable");
-  auto opts = checked(core_->name, *child, std::move(options));
+  auto opts = checked(core_->name, *child, options);
   auto runnable = wrapped(std::move(child), *opts, core_->strategy);
   std::lock_guard lock(core_->mu);
   if (!core_->current.expired()) {
@@ -1496,7 +1503,7 @@ void ProcessManager::add(std::shared_ptr<Runnable> child) { add_with(std::move(c
 
 void ProcessManager::add(std::shared_ptr<Runnable> child, ChildOptions options) {
   if (!child) throw std::invalid_argument("ProcessManager '" + core_->name + "': add() of a null runnable");
-  auto opts = checked(core_->name, *child, std::move(options));
+  auto opts = checked(core_->name, *child, options);
   auto runnable = wrapped(std::move(child), *opts, core_->strategy);
   add_with(std::move(runnable), std::move(opts));
 }
@@ -1672,7 +1679,7 @@ ProcessManagerBuilder& ProcessManagerBuilder::pre_insert(std::shared_ptr<Runnabl
 
 ProcessManagerBuilder& ProcessManagerBuilder::pre_insert(std::shared_ptr<Runnable> child, ChildOptions options) {
   if (!child) throw std::invalid_argument("ProcessManagerBuilder '" + name_ + "': pre_insert() of a null runnable");
-  auto opts = checked(name_, *child, std::move(options));
+  auto opts = checked(name_, *child, options);
   children_.emplace_back(std::move(child), std::move(opts));
   return *this;
 }

@@ -13,6 +13,6 @@ boost::json::value to_json(const ChildStatus& status);
 /// The inverse of to_json: status_from_json(to_json(s)) == s. Throws
 /// std::invalid_argument, naming the field and the path, for a document
 /// that is not such an object.
-ChildStatus status_from_json(const boost::json::value& json);
+ChildStatus status_from_json(const boost::json::value& value);
 
 }  // namespace pm
