@@ -435,8 +435,11 @@ TEST(events, the_hook_sees_a_complete_ordered_story_of_failure_restart_and_give_
   // The hook calls back into the manager: it must never run under its lock.
   std::atomic<int> snapshots{0};
   auto hook = rec.hook();
+  // Sequential: calm is ready before flaky starts, so calm's story does not
+  // depend on how fast flaky gives up.
   m = ProcessManagerBuilder()
           .name("m")
+          .start_order(StartOrder::sequential)
           .strategy(Strategy::one_for_one)
           .intensity(1, 1min)
           .on_event([&, hook](const pm::Event& e) {
@@ -469,6 +472,47 @@ TEST(events, the_hook_sees_a_complete_ordered_story_of_failure_restart_and_give_
   for (std::size_t i = 1; i < events.size(); ++i) {
     if (events[i].path == events[i - 1].path) {
       EXPECT_LE(events[i - 1].time, events[i].time);
+    }
+  }
+}
+
+TEST(events, control_deliveries_and_abandonment_are_reported) {
+  EventRecorder rec;
+  std::atomic<bool> stop_spinning{false};
+  auto j = std::make_shared<Journal>();
+  // Ignores shutdown and terminal cancellation alike: only abandonment ends
+  // the manager's wait for it.
+  auto deaf = pm::make_runnable("deaf", [&stop_spinning, j](pm::RuntimeContext&) -> asio::awaitable<void> {
+    co_await asio::this_coro::throw_if_cancelled(false);
+    auto ex = co_await asio::this_coro::executor;
+    j->add("start deaf");
+    while (!stop_spinning) co_await asio::post(ex, asio::use_awaitable);
+  });
+  auto m = ProcessManagerBuilder()
+               .name("m")
+               .shutdown_grace_period(10ms)
+               .abandon_timeout(10ms)
+               .on_event(rec.hook())
+               .pre_insert(deaf)
+               .build();
+  {
+    Running run(m);
+    ASSERT_TRUE(j->wait_for("start deaf"));
+    ASSERT_TRUE(run.wait_ready());
+    auto h = m->process_handle();
+    h->request_reload();
+    run.stop();
+    ASSERT_TRUE(rec.wait_for([](const pm::Event& e) { return e.kind == EventKind::abandoned; }));
+    stop_spinning = true;  // let the abandoned coroutine end so the io_context drains
+    EXPECT_EQ(run.finish(), nullptr);
+  }
+  // It ended after all, once let go: that is reported too.
+  EXPECT_EQ(rec.story("m/deaf"),
+            (std::vector<std::string>{"state:starting", "state:running", "state:ready", "control", "state:stopping",
+                                      "abandoned", "state:abandoned", "state:stopped"}));
+  for (const auto& e : rec.events()) {
+    if (e.kind == EventKind::control) {
+      EXPECT_EQ(e.control, pm::ControlKind::reload);
     }
   }
 }
