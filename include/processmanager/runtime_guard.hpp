@@ -191,6 +191,16 @@ class RuntimeTicker {
     } else {
       using Tuple = typename detail::tick_traits<Op>::tuple_type;
       using Traits = detail::completion_traits<Tuple>;
+      if constexpr (!Traits::has_error && std::tuple_size_v<Tuple> == 0) {
+        // Work that cannot fail and yields nothing (a post, a dispatch):
+        // awaited as it is, without a tuple to carry an error through.
+        if (!own) {
+          s.begin_wait(sig);
+          co_await std::move(op)(asio::use_awaitable);
+          s.end_wait();
+          co_return Result::from_next();
+        }
+      }
       std::optional<Tuple> done;
       s.begin_wait(sig);
       if (!own) {
