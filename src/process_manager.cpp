@@ -590,6 +590,10 @@ class ManagerRun {
   /// Looks at the clock and the children; decides what to do. Under core->mu.
   void plan(clock::time_point now, bool parent_cancelled, Actions& act) {
     if (parent_cancelled && !forcing) {
+      // A fan-out still in flight finishes first (told_all pokes us): every
+      // child is asked to stop before it is cancelled, even when our parent
+      // ran out of patience while another thread was handing messages out.
+      if (telling) return;
       begin_force(act);
       return;
     }
