@@ -989,8 +989,8 @@ void child_ended(const std::shared_ptr<ChildNode>& node, const std::exception_pt
     }
     run.update_ready(readiness);
   }
+  notify_ready(readiness);  // before the events: whoever reacts to one sees readiness up to date
   core.flush();
-  notify_ready(readiness);
   deliver_stop(run, act);
   force(act.force);
 }
@@ -1034,8 +1034,8 @@ void ChildNode::on_ready(bool declared) {
     if (run.awaiting == node) run.poke();
     run.update_ready(readiness);
   }
+  notify_ready(readiness);  // before the events: whoever reacts to one sees readiness up to date
   core.flush();
-  notify_ready(readiness);
 }
 
 void ChildNode::on_unready() {
@@ -1051,8 +1051,8 @@ void ChildNode::on_unready() {
     if (node->state == ChildState::ready) r.set_state(*node, ChildState::running);
     r.update_ready(readiness);
   }
+  notify_ready(readiness);  // before the events: whoever reacts to one sees readiness up to date
   core.flush();
-  notify_ready(readiness);
 }
 
 namespace {
@@ -1118,8 +1118,8 @@ std::shared_ptr<ChildNode> start_child(const std::shared_ptr<ManagerRun>& run, s
     if (run->special > 0) run->poke();  // its start timeout joins the deadlines
     run->update_ready(readiness);       // a new child makes the manager not ready
   }
+  notify_ready(readiness);  // before the events: whoever reacts to one sees readiness up to date
   core.flush();
-  notify_ready(readiness);
   // Kept in the child's inbox and delivered to its first tick. A shutdown
   // among them is the one this child gets: it must not get a second.
   bool told_to_stop = false;
@@ -1353,8 +1353,8 @@ asio::awaitable<void> run_manager(std::shared_ptr<ManagerCore> core) {
     if (!failures.empty()) core->self_error = describe(failures.front());
     if (core->current.lock() == run) core->current.reset();
   }
-  core->flush();
   notify_ready(readiness);
+  core->flush();
   for (auto& [wex, w] : waiters) asio::post(wex, std::move(w));
   if (!failures.empty()) {
     Failure first = failures.front();
@@ -1417,8 +1417,8 @@ void ManagerCore::control(RuntimeControlMessage msg) {
     std::lock_guard lock(mu);
     run->update_ready(readiness);
   }
-  flush();
   notify_ready(readiness);
+  flush();
   tell_all(act.tell, msg);
   if (act.stop_fanout) told_all(*run);
 }
