@@ -394,6 +394,9 @@ class ManagerRun {
   std::size_t ready_count = 0;
   std::size_t special = 0;  // live children with a shutdown or start timeout of their own
   bool accepting = true;
+  // The initial children of a concurrent start are still being started: the
+  // first ones may be ready before the last ones exist, and that is not ready.
+  bool launching = true;
   bool stopping = false;
   bool telling = false;  // a concurrent stop's messages are still being handed out
   bool forcing = false;
@@ -467,7 +470,7 @@ class ManagerRun {
   }
 
   /// Whether the manager counts as ready now. Under core->mu.
-  bool all_ready() const { return accepting && !stopping && to_start.empty() && ready_count == live; }
+  bool all_ready() const { return accepting && !launching && !stopping && to_start.empty() && ready_count == live; }
   /// Publishes a change of readiness: fills in who to tell. Under core->mu.
   void update_ready(ReadyNotice& out) {
     const bool now_ready = all_ready();
@@ -1299,6 +1302,7 @@ asio::awaitable<void> run_manager(std::shared_ptr<ManagerCore> core) {
     ReadyNotice readiness;
     {
       std::lock_guard lock(core->mu);
+      run->launching = false;
       run->update_ready(readiness);  // no children, or all ready at once
       run->poke();                   // a sequential start begins in the loop
     }

@@ -150,6 +150,48 @@ TEST(readiness, the_manager_is_ready_once_every_child_is_and_not_while_stopping)
   EXPECT_FALSE(m->is_ready());
 }
 
+// A child whose process_handle() holds up the manager's start of it until
+// the child before it is ready, and meanwhile asks whether the manager says
+// it is ready: it must not, one of its children does not even exist yet.
+class LateStarter : public pm::Runnable {
+ public:
+  LateStarter(std::shared_ptr<Journal> j, EventRecorder& rec) : inner_("late", std::move(j)), rec_(rec) {}
+  asio::awaitable<void> process_start() override { return inner_.process_start(); }
+  std::string process_name() const override { return inner_.process_name(); }
+  std::shared_ptr<pm::ProcessControlHandler> process_handle() override {
+    if (auto m = manager.lock(); m && !checked.exchange(true)) {
+      EXPECT_TRUE(rec_.wait_for([](const pm::Event& e) {
+        return e.kind == EventKind::state && e.path == "m/early" && e.state == ChildState::ready;
+      }));
+      ready_meanwhile = m->is_ready();
+    }
+    return inner_.process_handle();
+  }
+  std::weak_ptr<pm::ProcessManager> manager;  // armed once the manager is built
+  std::atomic<bool> checked{false};
+  std::atomic<bool> ready_meanwhile{false};
+
+ private:
+  Probe inner_;
+  EventRecorder& rec_;
+};
+
+TEST(readiness, the_manager_is_not_ready_before_all_its_first_children_have_started) {
+  auto j = std::make_shared<Journal>();
+  EventRecorder rec;
+  auto early = std::make_shared<Probe>("early", j);
+  auto late = std::make_shared<LateStarter>(j, rec);
+  auto m = ProcessManagerBuilder().name("m").on_event(rec.hook()).pre_insert(early).pre_insert(late).build();
+  late->manager = m;
+  Running run(m);
+  ASSERT_TRUE(run.wait_ready());
+  EXPECT_TRUE(late->checked);
+  EXPECT_FALSE(late->ready_meanwhile) << "ready with only 'early' started";
+  EXPECT_EQ(m->status().children.size(), 2u);
+  run.stop();
+  EXPECT_EQ(run.finish(), nullptr);
+}
+
 TEST(readiness, explicit_ready_ignores_the_ticker_and_wait_ready_ends_false_when_shutdown_begins) {
   auto j = std::make_shared<Journal>();
   auto lazy = pm::make_runnable("lazy", [j](pm::RuntimeContext& ctx) -> asio::awaitable<void> {
