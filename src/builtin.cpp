@@ -149,7 +149,14 @@ class BlockingState final : public ProcessControlHandler, public std::enable_sha
     cv.notify_all();
   }
 
+  std::optional<std::chrono::steady_clock::time_point> last_heartbeat() const override {
+    const auto ns = beat_ns.load(std::memory_order_relaxed);
+    if (ns == 0) return std::nullopt;
+    return std::chrono::steady_clock::time_point(std::chrono::steady_clock::duration(ns));
+  }
+
   const std::string name;
+  std::atomic<std::chrono::steady_clock::rep> beat_ns{0};  // 0: never beaten
   std::mutex mu;
   std::condition_variable_any cv;
   std::deque<RuntimeControlMessage> inbox;
@@ -201,6 +208,10 @@ std::optional<RuntimeControlMessage> BlockingContext::next_control(duration time
 }
 
 const std::string& BlockingContext::name() const noexcept { return state_->name; }
+
+void BlockingContext::heartbeat() noexcept {
+  state_->beat_ns.store(std::chrono::steady_clock::now().time_since_epoch().count(), std::memory_order_relaxed);
+}
 
 namespace {
 
@@ -285,8 +296,19 @@ struct RestartSupervisor::State final : ProcessControlHandler {
     if (child) child->control(std::move(msg));
   }
 
+  // The child's heartbeat is ours: a restarted child starts a fresh clock
+  // only once it beats again, which is what a watchdog wants to see.
+  std::optional<std::chrono::steady_clock::time_point> last_heartbeat() const override {
+    std::shared_ptr<ProcessControlHandler> child;
+    {
+      std::lock_guard lock(mu);
+      child = child_handle;
+    }
+    return child ? child->last_heartbeat() : std::nullopt;
+  }
+
   const std::string name;
-  std::mutex mu;
+  mutable std::mutex mu;
   bool stopping = false;                                // under mu
   asio::steady_timer* timer = nullptr;                  // under mu: the pending backoff wait
   std::shared_ptr<ProcessControlHandler> child_handle;  // under mu

@@ -106,4 +106,17 @@ std::string describe(const Event& event) {
   return out;
 }
 
+namespace {
+void collect_stale(const ChildStatus& s, std::vector<std::string>& out) {
+  if (s.stale) out.push_back(s.path);
+  for (const auto& c : s.children) collect_stale(c, out);
+}
+}  // namespace
+
+std::vector<std::string> stale_paths(const ChildStatus& status) {
+  std::vector<std::string> out;
+  collect_stale(status, out);
+  return out;
+}
+
 }  // namespace pm

@@ -173,6 +173,15 @@ struct ChildNode final : ReadinessTarget, std::enable_shared_from_this<ChildNode
   clock::time_point mark{};
   std::exception_ptr last_error{};
 
+  /// Whether it runs with a heartbeat older than its heartbeat_timeout (the
+  /// clock starting at its start). Under the manager's lock.
+  bool stale(clock::time_point now) const {
+    if (!options || !options->heartbeat_timeout || parked) return false;
+    if (state != ChildState::running && state != ChildState::ready && state != ChildState::starting) return false;
+    auto last = run_started;
+    if (const auto beat = handle->last_heartbeat(); beat && *beat > last) last = *beat;
+    return now - last > *options->heartbeat_timeout;
+  }
   std::chrono::nanoseconds timeout_or(std::chrono::nanoseconds grace) const {
     return options && options->shutdown_timeout ? *options->shutdown_timeout : grace;
   }
@@ -227,7 +236,14 @@ class ManagerCore final : public std::enable_shared_from_this<ManagerCore> {
   bool observed() const { return hook || debug_log || forward.load(std::memory_order_relaxed); }
   /// Queues an event; call with `mu` held, then flush() after unlocking.
   void queue(Event ev, bool forwarded = false) {
-    events.emplace_back(std::move(ev), forwarded);
+    events.emplace_back(std::move(ev), forwarded ? Origin::forwarded : Origin::own);
+    has_events.store(true, std::memory_order_release);
+  }
+  /// Queues an event about the manager itself, for observe() only; under `mu`.
+  void queue_self(Event ev) {
+    if (!observers || observers->empty()) return;
+    ev.path = prefix + name;
+    events.emplace_back(std::move(ev), Origin::self);
     has_events.store(true, std::memory_order_release);
   }
   /// Delivers queued events in order, from one thread at a time, unlocked.
@@ -241,8 +257,17 @@ class ManagerCore final : public std::enable_shared_from_this<ManagerCore> {
   std::string event_path(const std::string& child) const { return prefix + name + "/" + child; }
   /// Sets the manager's own state; under `mu`.
   void set_self(ChildState s) {
+    const ChildState previous = self_state;
     self_state = s;
     self_since = now_us();
+    if (observers && previous != s) {
+      Event ev;
+      ev.kind = EventKind::state;
+      ev.state = s;
+      ev.previous = previous;
+      ev.time = self_since;
+      queue_self(std::move(ev));
+    }
   }
 
   const std::string name;
@@ -273,15 +298,23 @@ class ManagerCore final : public std::enable_shared_from_this<ManagerCore> {
   std::weak_ptr<ManagerCore> parent;  // set while we run as a child of another manager
   std::atomic<bool> forward{false};   // the parent observes: pass our events up
 
-  std::vector<std::pair<Event, bool>> events;  // queued, with "forwarded"
-  std::atomic<bool> has_events{false};         // lets flush() skip the lock when idle
+  // Who an event is for: ours (log, hook, parent), a nested manager's
+  // (logged already), or about the manager itself (observers only).
+  enum class Origin : std::uint8_t { own, forwarded, self };
+  std::vector<std::pair<Event, Origin>> events;
+  using Observers = std::vector<std::pair<std::uint64_t, EventHook>>;
+  std::shared_ptr<const Observers> observers;  // copy on write: flush reads it unlocked
+  std::uint64_t next_observer = 1;
+  std::atomic<bool> watched{false};     // observers is not empty: spares control() a lock
+  std::atomic<bool> has_events{false};  // lets flush() skip the lock when idle
   bool dispatching = false;
 };
 
 void ManagerCore::flush_queued() {
   for (;;) {
-    std::vector<std::pair<Event, bool>> batch;
+    std::vector<std::pair<Event, Origin>> batch;
     std::shared_ptr<ManagerCore> up;
+    std::shared_ptr<const Observers> watchers;
     {
       std::lock_guard lock(mu);
       if (dispatching || events.empty()) return;
@@ -289,10 +322,22 @@ void ManagerCore::flush_queued() {
       batch.swap(events);
       has_events.store(false, std::memory_order_relaxed);
       if (forward.load(std::memory_order_relaxed)) up = parent.lock();
+      watchers = observers;
     }
-    for (auto& [ev, forwarded] : batch) {
+    for (auto& [ev, origin] : batch) {
+      if (origin == Origin::self) {
+        if (!watchers) continue;
+        for (const auto& [id, fn] : *watchers) {
+          try {
+            fn(ev);
+          } catch (...) {
+            // As for the hook: one observer's exception stops nothing.
+          }
+        }
+        continue;
+      }
       // A nested manager logged its own events already.
-      if (!forwarded) {
+      if (origin == Origin::own) {
         const LogLevel level = level_of(ev);
         if (log_enabled(level)) log(level, ev.path, describe(ev));
       }
@@ -1101,7 +1146,9 @@ std::shared_ptr<ChildNode> start_child(const std::shared_ptr<ManagerRun>& run, s
     }
     node->since = now_us();
     if (node->options && node->options->start_timeout) node->mark = clock::now();
-    if (core.strategy != Strategy::stop_all) node->run_started = clock::now();
+    if (core.strategy != Strategy::stop_all || (node->options && node->options->heartbeat_timeout)) {
+      node->run_started = clock::now();
+    }
     run->link(*node);
     if (core.observed()) {
       Event ev;
@@ -1307,6 +1354,7 @@ asio::awaitable<void> run_manager(std::shared_ptr<ManagerCore> core) {
       run->poke();                   // a sequential start begins in the loop
     }
     notify_ready(readiness);
+    core->flush();  // the manager's own state, for observers
   }
 
   std::vector<std::shared_ptr<Runnable>> abandoned_runnables;
@@ -1425,6 +1473,20 @@ void ManagerCore::control(RuntimeControlMessage msg) {
   flush();
   tell_all(act.tell, msg);
   if (act.stop_fanout) told_all(*run);
+  // Observers hear of a message once every child has it: a reload
+  // observed is a reload handed out. A shutdown they hear as the state
+  // "stopping", in order; a notice here could come after "stopped".
+  if (!msg.is_shutdown() && watched.load(std::memory_order_acquire)) {
+    {
+      std::lock_guard lock(mu);
+      Event ev;
+      ev.kind = EventKind::control;
+      ev.control = msg.kind();
+      ev.time = now_us();
+      queue_self(std::move(ev));
+    }
+    flush();
+  }
 }
 
 asio::awaitable<void> ManagerCore::shutdown() {
@@ -1460,6 +1522,7 @@ std::shared_ptr<const ChildOptions> checked(const std::string& manager, const Ru
   };
   if (options.shutdown_timeout && options.shutdown_timeout->count() < 0) fail("negative shutdown_timeout");
   if (options.start_timeout && options.start_timeout->count() < 0) fail("negative start_timeout");
+  if (options.heartbeat_timeout && options.heartbeat_timeout->count() <= 0) fail("heartbeat_timeout must be positive");
   return std::make_shared<const ChildOptions>(options);
 }
 
@@ -1586,6 +1649,7 @@ ChildStatus ProcessManager::status() const {
     out.since = core_->self_since;
     out.ready = core_->ready;
     out.last_error = core_->self_error;
+    const auto now = std::chrono::steady_clock::now();
     if (auto run = core_->current.lock()) {
       out.children.reserve(run->live);
       for (detail::ChildNode* n = run->head; n != nullptr; n = n->next) {
@@ -1594,6 +1658,7 @@ ChildStatus ProcessManager::status() const {
         c.state = n->state;
         c.since = n->since;
         c.ready = n->ready;
+        c.stale = n->stale(now);
         if (n->last_error) c.last_error = describe(n->last_error);
         c.restarts = n->restarts;
         if (const auto* sup = dynamic_cast<const RestartSupervisor*>(n->runnable.get())) {
@@ -1634,6 +1699,36 @@ std::chrono::nanoseconds ProcessManager::shutdown_grace_period() const { return 
 std::chrono::nanoseconds ProcessManager::abandon_timeout() const { return core_->abandon; }
 
 bool ProcessManager::auto_cleanup() const { return core_->auto_cleanup; }
+
+ProcessManager::Observation ProcessManager::observe(EventHook fn) {
+  if (!fn) throw std::invalid_argument("ProcessManager '" + core_->name + "': observe() needs a function");
+  std::uint64_t id = 0;
+  {
+    std::lock_guard lock(core_->mu);
+    id = core_->next_observer++;
+    auto next = core_->observers ? std::make_shared<detail::ManagerCore::Observers>(*core_->observers)
+                                 : std::make_shared<detail::ManagerCore::Observers>();
+    next->emplace_back(id, std::move(fn));
+    core_->observers = std::move(next);
+    core_->watched.store(true, std::memory_order_release);
+  }
+  // The token's deleter takes the observer out; it holds the core weakly,
+  // so a token outliving its manager is harmless.
+  return Observation(static_cast<void*>(nullptr), [weak = std::weak_ptr<detail::ManagerCore>(core_), id](void*) {
+    auto core = weak.lock();
+    if (!core) return;
+    std::shared_ptr<const detail::ManagerCore::Observers> old;  // released after the lock
+    std::lock_guard lock(core->mu);
+    if (!core->observers) return;
+    auto next = std::make_shared<detail::ManagerCore::Observers>();
+    for (const auto& entry : *core->observers) {
+      if (entry.first != id) next->push_back(entry);
+    }
+    core->watched.store(!next->empty(), std::memory_order_release);
+    old = std::move(core->observers);
+    core->observers = std::move(next);
+  });
+}
 
 bool ProcessManager::is_running() const {
   std::lock_guard lock(core_->mu);

@@ -22,6 +22,10 @@ asio::awaitable<void> ProcessControlHandler::reload() {
 // NOLINTNEXTLINE(performance-unnecessary-value-param)
 bool ProcessControlHandler::watch_readiness(std::function<void(bool)> /*on_ready*/) { return false; }
 
+std::optional<std::chrono::steady_clock::time_point> ProcessControlHandler::last_heartbeat() const {
+  return std::nullopt;
+}
+
 std::string demangle(const char* mangled) {
   int status = 0;
   std::unique_ptr<char, void (*)(void*)> out(abi::__cxa_demangle(mangled, nullptr, nullptr, &status), std::free);

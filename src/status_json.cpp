@@ -66,6 +66,7 @@ json::value to_json(const ChildStatus& status) {
                       {"restarts", static_cast<std::uint64_t>(status.restarts)},
                       {"last_error", status.last_error},
                       {"ready", status.ready},
+                      {"stale", status.stale},
                       {"children", std::move(children)}};
 }
 
@@ -100,6 +101,12 @@ ChildStatus status_from_json(const json::value& value) {
   const auto* ready = field(*o, "ready", s.path).if_bool();
   if (ready == nullptr) bad(s.path, "\"ready\" is not a boolean");
   s.ready = *ready;
+  // Optional: documents written before heartbeats existed have none.
+  if (const auto* stale = o->if_contains("stale")) {
+    const auto* b = stale->if_bool();
+    if (b == nullptr) bad(s.path, "\"stale\" is not a boolean");
+    s.stale = *b;
+  }
   const auto* children = field(*o, "children", s.path).if_array();
   if (children == nullptr) bad(s.path, "\"children\" is not an array");
   s.children.reserve(children->size());

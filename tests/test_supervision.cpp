@@ -622,4 +622,143 @@ TEST(status, a_nested_trees_status_names_every_child_and_round_trips_through_jso
   EXPECT_EQ(root->status().state, ChildState::stopped);
 }
 
+// -------------------------------------------------------------- heartbeat
+
+// A guard's handle whose heartbeat the test sets.
+class BeatHandle final : public pm::ProcessControlHandler {
+ public:
+  explicit BeatHandle(std::shared_ptr<pm::ProcessControlHandler> inner) : inner_(std::move(inner)) {}
+  void control(pm::RuntimeControlMessage msg) override { inner_->control(std::move(msg)); }
+  bool watch_readiness(std::function<void(bool)> fn) override { return inner_->watch_readiness(std::move(fn)); }
+  std::optional<std::chrono::steady_clock::time_point> last_heartbeat() const override {
+    std::lock_guard lock(mu_);
+    return beat_;
+  }
+  void set(std::chrono::steady_clock::time_point t) {
+    std::lock_guard lock(mu_);
+    beat_ = t;
+  }
+
+ private:
+  std::shared_ptr<pm::ProcessControlHandler> inner_;
+  mutable std::mutex mu_;
+  std::optional<std::chrono::steady_clock::time_point> beat_;
+};
+
+class Beating : public pm::Runnable {
+ public:
+  Beating(std::string name, std::shared_ptr<Journal> j)
+      : probe_(std::move(name), std::move(j)), handle_(std::make_shared<BeatHandle>(probe_.process_handle())) {}
+  asio::awaitable<void> process_start() override { return probe_.process_start(); }
+  std::string process_name() const override { return probe_.process_name(); }
+  std::shared_ptr<pm::ProcessControlHandler> process_handle() override { return handle_; }
+  BeatHandle& beats() { return *handle_; }
+
+ private:
+  Probe probe_;
+  std::shared_ptr<BeatHandle> handle_;
+};
+
+TEST(heartbeat, a_child_that_does_not_beat_within_its_timeout_is_reported_stale) {
+  auto j = std::make_shared<Journal>();
+  auto silent = std::make_shared<Beating>("silent", j);
+  auto relaxed = std::make_shared<Probe>("relaxed", j);
+  auto plain = std::make_shared<Probe>("plain", j);
+  auto m = ProcessManagerBuilder()
+               .name("m")
+               .pre_insert(silent, ChildOptions{.heartbeat_timeout = 20ms})
+               .pre_insert(relaxed, ChildOptions{.heartbeat_timeout = std::chrono::hours(1)})
+               .pre_insert(plain)
+               .build();
+  Running run(m);
+  ASSERT_TRUE(run.wait_ready());
+  // Time is the subject here: 30 ms from now at least 20 ms have passed
+  // since 'silent' started, and it has not beaten.
+  std::this_thread::sleep_for(30ms);
+  auto st = m->status();
+  EXPECT_EQ(pm::stale_paths(st), std::vector<std::string>{"m/silent"});
+  EXPECT_NE(boost::json::serialize(pm::to_json(st)).find("\"stale\":true"), std::string::npos);
+  EXPECT_EQ(pm::status_from_json(pm::to_json(st)), st);
+  // A beat newer than the timeout makes it fresh again.
+  silent->beats().set(std::chrono::steady_clock::now() + std::chrono::hours(1));
+  EXPECT_TRUE(pm::stale_paths(m->status()).empty());
+  run.stop();
+  EXPECT_EQ(run.finish(), nullptr);
+  // Stopped children are not stale: they are not expected to beat.
+  EXPECT_TRUE(pm::stale_paths(m->status()).empty());
+}
+
+TEST(heartbeat, guards_contexts_and_blocking_services_report_their_beats) {
+  pm::RuntimeGuard guard("g");
+  EXPECT_FALSE(guard.handle()->last_heartbeat().has_value());
+  const auto before = std::chrono::steady_clock::now();
+  guard.heartbeat();
+  ASSERT_TRUE(guard.handle()->last_heartbeat().has_value());
+  EXPECT_GE(*guard.handle()->last_heartbeat(), before);
+
+  auto j = std::make_shared<Journal>();
+  auto worker = pm::make_blocking_runnable("worker", [j](pm::BlockingContext& ctx) {
+    ctx.heartbeat();
+    j->add("beat");
+    while (ctx.wait_for(std::chrono::hours(1))) {
+    }
+  });
+  auto lambda = pm::make_runnable("lambda", [j](pm::RuntimeContext& ctx) -> asio::awaitable<void> {
+    ctx.heartbeat();
+    j->add("lambda beat");
+    for (;;) {
+      auto msg = co_await ctx.next_control();
+      if (msg.is_shutdown()) co_return;
+    }
+  });
+  auto m = ProcessManagerBuilder()
+               .name("m")
+               .pre_insert(worker, ChildOptions{.heartbeat_timeout = std::chrono::hours(1)})
+               .pre_insert(lambda)
+               .build();
+  Running run(m);
+  ASSERT_TRUE(j->wait_for("beat"));
+  ASSERT_TRUE(j->wait_for("lambda beat"));
+  EXPECT_TRUE(worker->process_handle()->last_heartbeat().has_value());
+  EXPECT_TRUE(lambda->process_handle()->last_heartbeat().has_value());
+  run.stop();
+  EXPECT_EQ(run.finish(), nullptr);
+
+  try {
+    (void)ProcessManagerBuilder().name("m").pre_insert(worker, ChildOptions{.heartbeat_timeout = 0ms}).build();
+    FAIL() << "no exception";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("worker"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("heartbeat_timeout"), std::string::npos) << e.what();
+  }
+}
+
+// ---------------------------------------------------------------- observe
+
+TEST(observe, observers_hear_the_managers_own_states_and_controls_in_order) {
+  auto j = std::make_shared<Journal>();
+  auto loader = std::make_shared<Probe>("loader", j, Behaviour{.defer_ready = true});
+  auto m = ProcessManagerBuilder().name("m").pre_insert(loader).build();
+  EventRecorder rec;
+  EventRecorder second;
+  auto token = m->observe(rec.hook());
+  auto token2 = m->observe(second.hook());
+  EXPECT_THROW((void)m->observe({}), std::invalid_argument);
+  Running run(m);
+  ASSERT_TRUE(j->wait_for("start loader"));
+  send(loader, 1);
+  ASSERT_TRUE(rec.wait_for([](const pm::Event& e) { return e.state == ChildState::ready; }));
+  m->process_handle()->request_reload();
+  ASSERT_TRUE(rec.wait_for([](const pm::Event& e) { return e.kind == EventKind::control; }));
+  token2.reset();  // the second observer leaves; the first stays
+  run.stop();
+  EXPECT_EQ(run.finish(), nullptr);
+  // A shutdown is heard as "stopping", not as a control notice.
+  EXPECT_EQ(rec.story("m"),
+            (std::vector<std::string>{"state:running", "state:ready", "control", "state:stopping", "state:stopped"}));
+  for (const auto& e : rec.events()) EXPECT_EQ(e.path, "m");
+  EXPECT_EQ(second.story("m"), (std::vector<std::string>{"state:running", "state:ready", "control"}));
+  EXPECT_EQ(rec.events()[2].control, pm::ControlKind::reload);
+}
+
 }  // namespace

@@ -37,6 +37,8 @@ class RuntimeContext {
   /// Tells the supervisor the service is ready. Without ChildOptions'
   /// explicit_ready a lambda service is ready once its body starts.
   void ready() { guard_.ready(); }
+  /// RuntimeGuard::heartbeat(): the service is alive and making progress.
+  void heartbeat() noexcept { guard_.heartbeat(); }
   /// The service's name.
   const std::string& name() const noexcept { return name_; }
 

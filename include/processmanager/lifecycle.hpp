@@ -95,9 +95,14 @@ struct ChildStatus {
   std::size_t restarts = 0;                       ///< restarts so far
   std::string last_error{};                       ///< the latest failure in words, or empty
   bool ready = false;                             ///< counts as ready now
+  bool stale = false;                             ///< its heartbeat is older than its heartbeat_timeout
   std::vector<ChildStatus> children{};            ///< a nested manager's children, in start order
 
   friend bool operator==(const ChildStatus&, const ChildStatus&) = default;
 };
+
+/// The paths of every stale child in `status` and below, depth first; empty
+/// when every heartbeat is fresh.
+std::vector<std::string> stale_paths(const ChildStatus& status);
 
 }  // namespace pm

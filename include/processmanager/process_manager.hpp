@@ -64,6 +64,12 @@ struct ChildOptions {
   std::optional<std::chrono::nanoseconds> start_timeout{};
   /// Only its own ready() call makes it ready, not merely having a ticker.
   bool explicit_ready = false;
+  /// It must call heartbeat() (RuntimeGuard, RuntimeContext) at least this
+  /// often while it runs (the clock starts when it starts); otherwise it is
+  /// reported stale (ChildStatus::stale), which holds back the systemd
+  /// watchdog and fails /livez. Staleness is reported, not acted on by the
+  /// manager. Needs a handle that reports heartbeats (a guard's does).
+  std::optional<std::chrono::nanoseconds> heartbeat_timeout{};
 };
 
 /// What a failing manager throws once all its children have ended.
@@ -138,6 +144,21 @@ class ProcessManager : public Runnable {
   bool is_ready() const;
   /// A snapshot of the manager and its subtree (nested managers included).
   ChildStatus status() const;
+
+  /// Ends an observation when the last copy is dropped.
+  using Observation = std::shared_ptr<void>;
+  /// Calls `fn` with events about the manager itself, its path in `path`:
+  /// each change of its own state (kind state: running, ready, stopping,
+  /// stopped, failed; ready and running alternate as its readiness
+  /// changes), and each reload or custom message sent to it while it runs
+  /// (kind control, once every child has the message; what the children do
+  /// about it may be reported first). In order, one at a time,
+  /// never with a library lock held, from any thread; what it throws is
+  /// dropped. The observation lasts while the returned token is kept (a
+  /// call already under way may still finish after it is dropped). Throws
+  /// std::invalid_argument for an empty function. Read the current state
+  /// with status() after observing, so that no change falls in between.
+  [[nodiscard]] Observation observe(EventHook fn);
 
   /// Runs every child until all have ended. Returns when every child ended
   /// (or was abandoned); throws ProcessError if any child failed. Throws

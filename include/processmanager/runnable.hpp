@@ -1,8 +1,10 @@
 // Runnable and ProcessControlHandler: what a service is, and how it is told things.
 #pragma once
 
+#include <chrono>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include <processmanager/control.hpp>
@@ -37,6 +39,11 @@ class ProcessControlHandler {
   /// Returns false when this handle cannot tell, and the supervisor then
   /// counts the service ready once it runs. The default returns false.
   virtual bool watch_readiness(std::function<void(bool declared)> on_ready);
+  /// When the service last said it is alive (RuntimeGuard::heartbeat()),
+  /// for supervisors that watch heartbeats (ChildOptions::heartbeat_timeout,
+  /// the systemd watchdog, /livez). nullopt: it has not beaten since it was
+  /// created, or this handle cannot tell (the default).
+  virtual std::optional<std::chrono::steady_clock::time_point> last_heartbeat() const;
 };
 
 /// A service: a long-lived unit of work the library starts and supervises.

@@ -278,6 +278,11 @@ class RuntimeGuard {
   /// From now on only ready() makes the service ready, not its ticker: call
   /// it before runtime_ticker() in a service that needs time to get ready.
   void defer_readiness() { state_->defer_readiness(); }
+  /// Tells the supervisor the service is alive and making progress. Cheap
+  /// (one relaxed atomic store) and callable from any thread; it matters to
+  /// a child with ChildOptions::heartbeat_timeout, whose heartbeat going
+  /// stale holds back the systemd watchdog and fails /livez.
+  void heartbeat() noexcept { state_->beat(); }
 
  private:
   std::shared_ptr<detail::GuardState> state_;

@@ -37,6 +37,9 @@ class BlockingContext {
   std::optional<RuntimeControlMessage> next_control(duration timeout);
   /// The service's name.
   const std::string& name() const noexcept;
+  /// The service is alive and making progress (see
+  /// ChildOptions::heartbeat_timeout): one relaxed atomic store.
+  void heartbeat() noexcept;
 
  private:
   friend class detail::BlockingState;

@@ -73,6 +73,15 @@ class GuardState final : public ProcessControlHandler, public std::enable_shared
   void declare_ready();
   /// The ticker alone no longer makes the service ready.
   void defer_readiness();
+  /// The service says it is alive: one relaxed store, any thread.
+  void beat() noexcept {
+    beat_ns_.store(std::chrono::steady_clock::now().time_since_epoch().count(), std::memory_order_relaxed);
+  }
+  std::optional<std::chrono::steady_clock::time_point> last_heartbeat() const override {
+    const auto ns = beat_ns_.load(std::memory_order_relaxed);
+    if (ns == 0) return std::nullopt;
+    return std::chrono::steady_clock::time_point(std::chrono::steady_clock::duration(ns));
+  }
 
   /// Registers the live ticker; throws std::logic_error if one is alive.
   void attach(const asio::any_io_executor& ex);
@@ -104,6 +113,7 @@ class GuardState final : public ProcessControlHandler, public std::enable_shared
   void notify_ready(bool declared);
 
   const std::string name_;
+  std::atomic<std::chrono::steady_clock::rep> beat_ns_{0};  // 0: never beaten
 
   mutable std::mutex mu_;
   // A FIFO: the oldest message inline, the rest in a vector read from
