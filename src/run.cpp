@@ -1,6 +1,7 @@
 #include <processmanager/run.hpp>
 
 #include <processmanager/builtin/signals.hpp>
+#include <processmanager/systemd.hpp>
 
 #include <csignal>
 #include <cstdio>
@@ -49,6 +50,24 @@ int run(std::shared_ptr<Runnable> root, RunOptions options) {
     asio::co_spawn(receiver_strand, receiver->process_start(), asio::detached);
   }
 
+  // Beside the tree too: it reports the stop while the tree stops.
+  std::shared_ptr<SystemdNotifier> notifier;
+  if (options.notify_systemd) {
+    if (auto manager = std::dynamic_pointer_cast<ProcessManager>(tree)) {
+      try {
+        notifier = std::make_shared<SystemdNotifier>(manager);
+      } catch (const std::invalid_argument& e) {
+        // A malformed environment must not keep the service from running.
+        log_line(LogLevel::warn, root_name, std::string("systemd notify disabled: ") + e.what());
+      }
+      if (notifier && notifier->enabled()) {
+        asio::co_spawn(asio::make_strand(io), notifier->run(), asio::detached);
+      } else {
+        notifier.reset();
+      }
+    }
+  }
+
   asio::awaitable<void> body;
   try {
     body = tree->process_start();
@@ -61,6 +80,7 @@ int run(std::shared_ptr<Runnable> root, RunOptions options) {
                      failure = e;
                      finished = true;
                      if (receiver) receiver->process_handle()->request_shutdown();
+                     if (notifier) notifier->stop();
                    }));
     std::vector<std::thread> pool;
     pool.reserve(threads - 1);

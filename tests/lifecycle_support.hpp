@@ -6,6 +6,7 @@
 #include <condition_variable>
 #include <future>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -116,6 +117,41 @@ class Probe : public Runnable {
   std::shared_ptr<Journal> journal_;
   Behaviour b_;
   RuntimeGuard guard_;
+};
+
+// A guard's handle whose heartbeat the test sets.
+class BeatHandle final : public ProcessControlHandler {
+ public:
+  explicit BeatHandle(std::shared_ptr<ProcessControlHandler> inner) : inner_(std::move(inner)) {}
+  void control(RuntimeControlMessage msg) override { inner_->control(std::move(msg)); }
+  bool watch_readiness(std::function<void(bool)> fn) override { return inner_->watch_readiness(std::move(fn)); }
+  std::optional<std::chrono::steady_clock::time_point> last_heartbeat() const override {
+    std::lock_guard lock(mu_);
+    return beat_;
+  }
+  void set(std::chrono::steady_clock::time_point t) {
+    std::lock_guard lock(mu_);
+    beat_ = t;
+  }
+
+ private:
+  std::shared_ptr<ProcessControlHandler> inner_;
+  mutable std::mutex mu_;
+  std::optional<std::chrono::steady_clock::time_point> beat_;
+};
+
+class Beating : public Runnable {
+ public:
+  Beating(std::string name, std::shared_ptr<Journal> j)
+      : probe_(std::move(name), std::move(j)), handle_(std::make_shared<BeatHandle>(probe_.process_handle())) {}
+  asio::awaitable<void> process_start() override { return probe_.process_start(); }
+  std::string process_name() const override { return probe_.process_name(); }
+  std::shared_ptr<ProcessControlHandler> process_handle() override { return handle_; }
+  BeatHandle& beats() { return *handle_; }
+
+ private:
+  Probe probe_;
+  std::shared_ptr<BeatHandle> handle_;
 };
 
 /// Records a manager's events; tests wait for a matching one.

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "notify_listener.hpp"
 #include "support.hpp"
 
 namespace {
@@ -164,6 +165,25 @@ TEST(run, a_second_sigint_forces_the_stop_with_130) {
   ASSERT_TRUE(c.wait_line("shutdown a"));
   c.signal(SIGINT);
   EXPECT_EQ(c.wait_exit(), 130);
+}
+
+TEST(run, under_systemd_it_notifies_ready_reloading_and_stopping) {
+  const std::string where = "@pm-run-notify-" + std::to_string(getpid());
+  pm::test::NotifyListener sd(where);
+  setenv("NOTIFY_SOCKET", where.c_str(), 1);  // inherited by the child
+  Child c("idle");
+  unsetenv("NOTIFY_SOCKET");
+  ASSERT_TRUE(c.wait_ready());
+  const auto ready = sd.wait_for_text("READY=1");
+  ASSERT_GE(ready, 0);
+  c.signal(SIGHUP);
+  ASSERT_TRUE(c.wait_line("reload a"));
+  const auto reloading = sd.wait_for_text("RELOADING=1\nMONOTONIC_USEC=", static_cast<std::size_t>(ready));
+  ASSERT_GT(reloading, ready);
+  ASSERT_GT(sd.wait_for_text("READY=1", static_cast<std::size_t>(reloading) + 1), reloading);
+  c.signal(SIGTERM);
+  EXPECT_EQ(c.wait_exit(), 0);
+  EXPECT_GE(sd.wait_for_text("STOPPING=1"), 0);
 }
 
 TEST(run, a_storm_of_sighups_then_sigterm_exits_0) {

@@ -21,6 +21,7 @@ using pm::RestartOptions;
 using pm::RestartPolicy;
 using pm::StartOrder;
 using pm::Strategy;
+using pm::test::Beating;
 using pm::test::Behaviour;
 using pm::test::EventRecorder;
 using pm::test::Journal;
@@ -623,41 +624,6 @@ TEST(status, a_nested_trees_status_names_every_child_and_round_trips_through_jso
 }
 
 // -------------------------------------------------------------- heartbeat
-
-// A guard's handle whose heartbeat the test sets.
-class BeatHandle final : public pm::ProcessControlHandler {
- public:
-  explicit BeatHandle(std::shared_ptr<pm::ProcessControlHandler> inner) : inner_(std::move(inner)) {}
-  void control(pm::RuntimeControlMessage msg) override { inner_->control(std::move(msg)); }
-  bool watch_readiness(std::function<void(bool)> fn) override { return inner_->watch_readiness(std::move(fn)); }
-  std::optional<std::chrono::steady_clock::time_point> last_heartbeat() const override {
-    std::lock_guard lock(mu_);
-    return beat_;
-  }
-  void set(std::chrono::steady_clock::time_point t) {
-    std::lock_guard lock(mu_);
-    beat_ = t;
-  }
-
- private:
-  std::shared_ptr<pm::ProcessControlHandler> inner_;
-  mutable std::mutex mu_;
-  std::optional<std::chrono::steady_clock::time_point> beat_;
-};
-
-class Beating : public pm::Runnable {
- public:
-  Beating(std::string name, std::shared_ptr<Journal> j)
-      : probe_(std::move(name), std::move(j)), handle_(std::make_shared<BeatHandle>(probe_.process_handle())) {}
-  asio::awaitable<void> process_start() override { return probe_.process_start(); }
-  std::string process_name() const override { return probe_.process_name(); }
-  std::shared_ptr<pm::ProcessControlHandler> process_handle() override { return handle_; }
-  BeatHandle& beats() { return *handle_; }
-
- private:
-  Probe probe_;
-  std::shared_ptr<BeatHandle> handle_;
-};
 
 TEST(heartbeat, a_child_that_does_not_beat_within_its_timeout_is_reported_stale) {
   auto j = std::make_shared<Journal>();

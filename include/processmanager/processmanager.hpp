@@ -11,6 +11,7 @@
 #include <processmanager/runnable.hpp>
 #include <processmanager/runtime_guard.hpp>
 #include <processmanager/status_json.hpp>
+#include <processmanager/systemd.hpp>
 
 #include <processmanager/builtin/blocking.hpp>
 #include <processmanager/builtin/idle.hpp>

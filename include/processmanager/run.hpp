@@ -12,6 +12,11 @@ namespace pm {
 struct RunOptions {
   std::size_t threads = 1;     ///< io_context threads (0 counts as 1)
   bool handle_signals = true;  ///< SIGINT/SIGTERM: graceful shutdown; a second one forces it
+  /// With a ProcessManager root and $NOTIFY_SOCKET set (a systemd
+  /// Type=notify service), a SystemdNotifier follows the tree: READY=1,
+  /// RELOADING=1, STOPPING=1, EXTEND_TIMEOUT_USEC, WATCHDOG=1, STATUS=.
+  /// Without $NOTIFY_SOCKET it does nothing.
+  bool notify_systemd = true;
 };
 
 /// Runs `root` until it ends, blocking the caller. Returns 0 on success

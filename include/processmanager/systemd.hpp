@@ -1,0 +1,70 @@
+// SystemdNotifier: systemd's notify protocol (sd_notify) for a tree.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include <processmanager/process_manager.hpp>
+
+namespace pm {
+
+/// Where a SystemdNotifier sends and how often. Unset fields come from the
+/// environment systemd gives a Type=notify service.
+struct SystemdOptions {
+  /// The notify socket: an absolute path, or "@name" for an abstract one.
+  /// Default: $NOTIFY_SOCKET; without either the notifier does nothing.
+  std::optional<std::string> socket{};
+  /// The watchdog period: WATCHDOG=1 goes out every half of it. Default:
+  /// $WATCHDOG_USEC, when $WATCHDOG_PID is unset or names this process.
+  std::optional<std::chrono::microseconds> watchdog{};
+  /// How often, during a stop, EXTEND_TIMEOUT_USEC (of twice this) goes out
+  /// while the stop makes progress.
+  std::chrono::nanoseconds extend_interval = std::chrono::seconds(5);
+};
+
+/// Tells systemd how a tree is doing, speaking the datagram protocol of
+/// sd_notify(3) itself (no libsystemd): READY=1 once the tree is ready;
+/// RELOADING=1 with MONOTONIC_USEC when a reload is handed out, then READY=1
+/// once the tree is ready again; STOPPING=1 when its shutdown begins;
+/// EXTEND_TIMEOUT_USEC every extend_interval while the stop still makes
+/// progress (within the tree's grace period and abandon timeout, or a child
+/// ended since the last one); WATCHDOG=1 every half watchdog period only
+/// while the tree runs and no child's heartbeat is stale; STATUS= lines
+/// with the tree's state throughout.
+///
+/// It runs beside the tree, not in it, because it must outlive the tree's
+/// stop: pm::run starts one for a ProcessManager root (RunOptions::
+/// notify_systemd). Elsewhere, co_spawn run() on a strand of the tree's
+/// io_context; it ends once the tree has run and stopped, or on stop().
+class SystemdNotifier {
+ public:
+  /// Reads the options' defaults from the environment. Throws
+  /// std::invalid_argument for a null tree, a socket that is neither an
+  /// absolute path nor "@name" (or too long), or a malformed WATCHDOG_USEC.
+  explicit SystemdNotifier(std::shared_ptr<ProcessManager> tree, SystemdOptions options = {});
+  ~SystemdNotifier();
+  SystemdNotifier(const SystemdNotifier&) = delete;
+  SystemdNotifier& operator=(const SystemdNotifier&) = delete;
+
+  /// True when there is a socket to send to.
+  bool enabled() const noexcept;
+  /// The watchdog period in use, if any.
+  std::optional<std::chrono::microseconds> watchdog() const noexcept;
+  /// Sends one datagram ("KEY=value" lines). Returns false (and logs a
+  /// warning) when it could not be sent; never throws, never blocks.
+  bool send(std::string_view message);
+  /// Follows the tree until it has run and stopped. Returns at once when
+  /// not enabled. Needs a strand or a one-thread executor.
+  asio::awaitable<void> run();
+  /// Makes run() end (after a last STOPPING=1 if none was sent); any thread.
+  void stop();
+
+ private:
+  struct State;
+  std::shared_ptr<State> state_;
+};
+
+}  // namespace pm

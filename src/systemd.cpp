@@ -1,0 +1,300 @@
+#include <processmanager/systemd.hpp>
+
+#include <processmanager/runtime_guard.hpp>
+#include <processmanager/status_json.hpp>
+
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstddef>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <stdexcept>
+
+#include "log.hpp"
+
+namespace pm {
+
+namespace {
+
+using clock = std::chrono::steady_clock;
+
+std::optional<std::string> env(const char* name) {
+  const char* v = std::getenv(name);  // NOLINT(concurrency-mt-unsafe): read once, at construction
+  if (v == nullptr || *v == '\0') return std::nullopt;
+  return std::string(v);
+}
+
+std::optional<std::chrono::microseconds> watchdog_from_env() {
+  auto usec = env("WATCHDOG_USEC");
+  if (!usec) return std::nullopt;
+  // The watchdog is meant for the process systemd started, not for a child
+  // that inherited the environment.
+  if (auto pid = env("WATCHDOG_PID")) {
+    if (*pid != std::to_string(::getpid())) return std::nullopt;
+  }
+  char* end = nullptr;
+  errno = 0;
+  const unsigned long long v = std::strtoull(usec->c_str(), &end, 10);
+  if (errno != 0 || end == usec->c_str() || *end != '\0' || v == 0) {
+    throw std::invalid_argument("SystemdNotifier: WATCHDOG_USEC '" + *usec + "' is not a positive integer");
+  }
+  return std::chrono::microseconds(v);
+}
+
+std::uint64_t monotonic_usec() {
+  // CLOCK_MONOTONIC, what systemd compares MONOTONIC_USEC with.
+  timespec ts{};
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1000000U + static_cast<std::uint64_t>(ts.tv_nsec) / 1000U;
+}
+
+/// "ready: 5 services", "stopping: 2 of 5 still running", ...
+std::string summary(const ChildStatus& st) {
+  std::size_t total = 0;
+  std::size_t live = 0;
+  std::size_t ready = 0;
+  std::size_t restarting = 0;
+  auto count = [&](const auto& self, const ChildStatus& s) -> void {
+    for (const auto& c : s.children) {
+      if (!c.children.empty()) {
+        self(self, c);
+        continue;
+      }
+      ++total;
+      if (c.state == ChildState::restarting) ++restarting;
+      if (c.state != ChildState::stopped && c.state != ChildState::failed && c.state != ChildState::abandoned) {
+        ++live;
+      }
+      if (c.ready) ++ready;
+    }
+  };
+  count(count, st);
+  std::string out = std::string(to_string(st.state)) + ": " + std::to_string(live) + " of " +
+                    std::to_string(total) + " services running, " + std::to_string(ready) + " ready";
+  if (restarting > 0) out += ", " + std::to_string(restarting) + " restarting";
+  return out;
+}
+
+}  // namespace
+
+struct SystemdNotifier::State {
+  std::shared_ptr<ProcessManager> tree;
+  SystemdOptions options;
+  sockaddr_un addr{};
+  socklen_t addr_len = 0;
+  int fd = -1;
+  bool enabled = false;
+  std::atomic<bool> warned{false};
+  RuntimeGuard guard{"systemd-notifier"};
+
+  ~State() {
+    if (fd >= 0) ::close(fd);
+  }
+
+  bool send(std::string_view message) {
+    if (!enabled) return false;
+    const ssize_t n = ::sendto(fd, message.data(), message.size(), MSG_NOSIGNAL | MSG_DONTWAIT,
+                               reinterpret_cast<const sockaddr*>(&addr), addr_len);  // NOLINT: the sockets API
+    if (n == static_cast<ssize_t>(message.size())) return true;
+    const int err = errno;
+    // One warning per notifier: a missing listener would otherwise flood the log.
+    if (!warned.exchange(true)) {
+      detail::log_line(LogLevel::warn, tree->process_name(),
+                       "systemd notify to '" + *options.socket + "' failed: " + std::strerror(err));
+    }
+    return false;
+  }
+};
+
+SystemdNotifier::SystemdNotifier(std::shared_ptr<ProcessManager> tree, SystemdOptions options)
+    : state_(std::make_shared<State>()) {
+  if (!tree) throw std::invalid_argument("SystemdNotifier: the tree is null");
+  if (!options.socket) options.socket = env("NOTIFY_SOCKET");
+  if (!options.watchdog) options.watchdog = watchdog_from_env();
+  if (options.watchdog && options.watchdog->count() <= 0) {
+    throw std::invalid_argument("SystemdNotifier of '" + tree->process_name() + "': the watchdog must be positive");
+  }
+  if (options.extend_interval.count() <= 0) {
+    throw std::invalid_argument("SystemdNotifier of '" + tree->process_name() +
+                                "': extend_interval must be positive");
+  }
+  State& s = *state_;
+  s.tree = std::move(tree);
+  if (options.socket) {
+    const std::string& where = *options.socket;
+    const bool abstract = where.front() == '@';
+    if (!abstract && where.front() != '/') {
+      throw std::invalid_argument("SystemdNotifier of '" + s.tree->process_name() + "': notify socket '" + where +
+                                  "' is neither an absolute path nor an abstract '@name'");
+    }
+    if (where.size() >= sizeof(s.addr.sun_path) || where.size() < 2) {
+      throw std::invalid_argument("SystemdNotifier of '" + s.tree->process_name() + "': notify socket '" + where +
+                                  "' has no name or is longer than a unix socket address allows");
+    }
+    s.addr.sun_family = AF_UNIX;
+    std::memcpy(s.addr.sun_path, where.data(), where.size());
+    if (abstract) s.addr.sun_path[0] = '\0';  // Linux's abstract namespace: the name is not 0-terminated
+    s.addr_len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + where.size() + (abstract ? 0 : 1));
+    s.fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s.fd < 0) {
+      detail::log_line(LogLevel::warn, s.tree->process_name(),
+                       std::string("systemd notify disabled: socket() failed: ") + std::strerror(errno));
+    } else {
+      s.enabled = true;
+    }
+  }
+  s.options = std::move(options);
+}
+
+SystemdNotifier::~SystemdNotifier() = default;
+
+bool SystemdNotifier::enabled() const noexcept { return state_->enabled; }
+
+std::optional<std::chrono::microseconds> SystemdNotifier::watchdog() const noexcept {
+  return state_->options.watchdog;
+}
+
+bool SystemdNotifier::send(std::string_view message) { return state_->send(message); }
+
+void SystemdNotifier::stop() { state_->guard.handle()->request_shutdown(); }
+
+asio::awaitable<void> SystemdNotifier::run() {
+  // The frame keeps the state: stop() and the observer may outlive *this.
+  const std::shared_ptr<State> s = state_;
+  if (!s->enabled) co_return;
+  ProcessManager& tree = *s->tree;
+  const std::string name = tree.process_name();
+  asio::steady_timer timer(co_await asio::this_coro::executor);
+  auto ticker = co_await s->guard.runtime_ticker();
+
+  // The tree's own events reach this loop as custom messages: the guard's
+  // inbox is the thread-safe, lossless queue the observer needs.
+  auto handle = s->guard.handle();
+  const auto observation = tree.observe([handle](const Event& e) { handle->control(RuntimeControlMessage::custom(e)); });
+
+  bool sent_ready = false;
+  bool reloading = false;
+  bool stopping = false;
+  bool healthy = true;
+  bool ran = false;  // the tree has been seen running: a later "stopped" is the end
+  clock::time_point stop_began{};
+  std::size_t last_live = 0;
+  const auto period = s->options.watchdog ? std::optional<clock::duration>(*s->options.watchdog / 2) : std::nullopt;
+  clock::time_point next_watchdog = clock::now();
+  clock::time_point next_extend{};
+
+  auto live_count = [&tree] {
+    std::size_t n = 0;
+    auto walk = [&n](const auto& self, const ChildStatus& st) -> void {
+      for (const auto& c : st.children) {
+        if (c.state != ChildState::stopped && c.state != ChildState::failed && c.state != ChildState::abandoned) {
+          ++n;
+        }
+        self(self, c);
+      }
+    };
+    walk(walk, tree.status());
+    return n;
+  };
+  auto extend = [&] {
+    const auto usec = std::chrono::duration_cast<std::chrono::microseconds>(2 * s->options.extend_interval).count();
+    s->send("EXTEND_TIMEOUT_USEC=" + std::to_string(usec) + "\nSTATUS=" + summary(tree.status()));
+  };
+  auto begin_stopping = [&] {
+    if (stopping) return;
+    stopping = true;
+    stop_began = clock::now();
+    last_live = live_count();
+    s->send("STOPPING=1\nSTATUS=" + summary(tree.status()));
+    extend();
+    next_extend = stop_began + s->options.extend_interval;
+  };
+  // What the tree is now: also how the loop starts, since it may already be
+  // running (or ready) when this begins.
+  auto on_state = [&](ChildState st) {
+    switch (st) {
+      case ChildState::ready:
+        ran = true;
+        if (!sent_ready || reloading) {
+          s->send("READY=1\nSTATUS=" + summary(tree.status()));
+          sent_ready = true;
+          reloading = false;
+        } else {
+          s->send("STATUS=" + summary(tree.status()));
+        }
+        break;
+      case ChildState::running:
+        ran = true;
+        if (sent_ready) s->send("STATUS=" + summary(tree.status()));  // a child restarts: not ready for now
+        break;
+      case ChildState::stopping:
+        ran = true;
+        begin_stopping();
+        break;
+      default:
+        break;
+    }
+  };
+  on_state(tree.status().state);
+
+  for (;;) {
+    const auto now = clock::now();
+    const ChildState st = tree.status().state;
+    if (ran && (st == ChildState::stopped || st == ChildState::failed)) {
+      begin_stopping();  // a tree that stopped before we saw it begin
+      s->send("STATUS=" + summary(tree.status()));
+      co_return;
+    }
+    if (period && now >= next_watchdog) {
+      const auto stale = stale_paths(tree.status());
+      const bool fresh = stale.empty() && st != ChildState::stopped && st != ChildState::failed;
+      if (fresh) {
+        s->send(healthy ? "WATCHDOG=1" : "WATCHDOG=1\nSTATUS=healthy again; " + summary(tree.status()));
+      } else if (healthy) {
+        std::string paths;
+        for (const auto& p : stale) paths += (paths.empty() ? "" : ", ") + p;
+        s->send("STATUS=watchdog withheld: stale heartbeat: " + paths);
+        detail::log_line(LogLevel::warn, name, "systemd watchdog withheld: stale heartbeat: " + paths);
+      }
+      healthy = fresh;
+      next_watchdog = now + *period;
+    }
+    if (stopping && now >= next_extend) {
+      const std::size_t live = live_count();
+      const bool within_bounds = now < stop_began + tree.shutdown_grace_period() + tree.abandon_timeout();
+      if (within_bounds || live < last_live) extend();
+      last_live = live;
+      next_extend = now + s->options.extend_interval;
+    }
+
+    clock::time_point wake = clock::time_point::max();
+    if (period) wake = std::min(wake, next_watchdog);
+    if (stopping) wake = std::min(wake, next_extend);
+    timer.expires_at(wake);
+    auto wait = timer.async_wait(asio::deferred);
+    auto op = co_await ticker.tick(std::move(wait));
+    if (op.is_next()) continue;
+    const RuntimeControlMessage& msg = op.control();
+    if (msg.is_shutdown()) {
+      if (!stopping) begin_stopping();
+      co_return;
+    }
+    const Event* e = msg.custom_if<Event>();
+    if (e == nullptr) continue;
+    if (e->kind == EventKind::control && e->control == ControlKind::reload) {
+      s->send("RELOADING=1\nMONOTONIC_USEC=" + std::to_string(monotonic_usec()) + "\nSTATUS=reloading");
+      reloading = true;
+      // The reload is handed out; the tree may well be ready still.
+      if (tree.is_ready()) on_state(ChildState::ready);
+    } else if (e->kind == EventKind::state) {
+      on_state(e->state);
+    }
+  }
+}
+
+}  // namespace pm
