@@ -74,8 +74,8 @@ std::string summary(const ChildStatus& st) {
     }
   };
   count(count, st);
-  std::string out = std::string(to_string(st.state)) + ": " + std::to_string(live) + " of " +
-                    std::to_string(total) + " services running, " + std::to_string(ready) + " ready";
+  std::string out = std::string(to_string(st.state)) + ": " + std::to_string(live) + " of " + std::to_string(total) +
+                    " services running, " + std::to_string(ready) + " ready";
   if (restarting > 0) out += ", " + std::to_string(restarting) + " restarting";
   return out;
 }
@@ -120,8 +120,7 @@ SystemdNotifier::SystemdNotifier(std::shared_ptr<ProcessManager> tree, SystemdOp
     throw std::invalid_argument("SystemdNotifier of '" + tree->process_name() + "': the watchdog must be positive");
   }
   if (options.extend_interval.count() <= 0) {
-    throw std::invalid_argument("SystemdNotifier of '" + tree->process_name() +
-                                "': extend_interval must be positive");
+    throw std::invalid_argument("SystemdNotifier of '" + tree->process_name() + "': extend_interval must be positive");
   }
   State& s = *state_;
   s.tree = std::move(tree);
@@ -155,9 +154,7 @@ SystemdNotifier::~SystemdNotifier() = default;
 
 bool SystemdNotifier::enabled() const noexcept { return state_->enabled; }
 
-std::optional<std::chrono::microseconds> SystemdNotifier::watchdog() const noexcept {
-  return state_->options.watchdog;
-}
+std::optional<std::chrono::microseconds> SystemdNotifier::watchdog() const noexcept { return state_->options.watchdog; }
 
 bool SystemdNotifier::send(std::string_view message) { return state_->send(message); }
 
@@ -175,7 +172,8 @@ asio::awaitable<void> SystemdNotifier::run() {
   // The tree's own events reach this loop as custom messages: the guard's
   // inbox is the thread-safe, lossless queue the observer needs.
   auto handle = s->guard.handle();
-  const auto observation = tree.observe([handle](const Event& e) { handle->control(RuntimeControlMessage::custom(e)); });
+  const auto observation =
+      tree.observe([handle](const Event& e) { handle->control(RuntimeControlMessage::custom(e)); });
 
   bool sent_ready = false;
   bool reloading = false;

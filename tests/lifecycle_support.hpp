@@ -66,7 +66,8 @@ struct Behaviour {
 };
 
 /// A coroutine service that journals "start N", "ready N", "stop N",
-/// "fail N", "end N" and obeys custom(1) (become ready) and custom(2) (throw).
+/// "fail N", "end N" and obeys custom(1) (become ready), custom(2) (throw)
+/// and custom(3) (end normally).
 class Probe : public Runnable {
  public:
   Probe(std::string name, std::shared_ptr<Journal> journal, Behaviour b = {})
@@ -99,6 +100,9 @@ class Probe : public Runnable {
         } else if (*code == 2) {
           journal_->add("fail " + name_);
           throw std::runtime_error(name_ + " was told to fail");
+        } else if (*code == 3) {
+          journal_->add("end " + name_);
+          co_return;
         }
       } else if (msg.is_shutdown()) {
         journal_->add("stop " + name_);

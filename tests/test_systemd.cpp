@@ -98,12 +98,8 @@ TEST(systemd, ready_reload_stopping_and_timeout_extensions_reach_a_path_socket) 
   auto j = std::make_shared<Journal>();
   auto loader = std::make_shared<Probe>("loader", j, Behaviour{.defer_ready = true});
   auto stubborn = std::make_shared<Probe>("stubborn", j, Behaviour{.ignore_shutdown = true});
-  auto m = ProcessManagerBuilder()
-               .name("app")
-               .shutdown_grace_period(300ms)
-               .pre_insert(loader)
-               .pre_insert(stubborn)
-               .build();
+  auto m =
+      ProcessManagerBuilder().name("app").shutdown_grace_period(300ms).pre_insert(loader).pre_insert(stubborn).build();
   SystemdNotifier n(m, {.socket = sd.where(), .extend_interval = 20ms});
   ASSERT_TRUE(n.enabled());
   Running run(m);

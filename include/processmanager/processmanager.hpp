@@ -3,6 +3,7 @@
 
 #include <processmanager/context.hpp>
 #include <processmanager/control.hpp>
+#include <processmanager/health.hpp>
 #include <processmanager/lifecycle.hpp>
 #include <processmanager/operation.hpp>
 #include <processmanager/process_manager.hpp>

@@ -1,0 +1,69 @@
+// HealthServer: HTTP liveness, readiness and status endpoints for a tree.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include <processmanager/process_manager.hpp>
+
+namespace pm {
+
+namespace detail {
+struct HealthState;
+}  // namespace detail
+
+/// Where a HealthServer listens and how it treats clients.
+struct HealthOptions {
+  std::string address = "127.0.0.1";  ///< the address to bind; loopback unless told otherwise
+  std::uint16_t port = 0;             ///< 0 picks a free port (see HealthServer::port())
+  /// A client must send each whole request, and take each response, within
+  /// this; a slower one is disconnected.
+  std::chrono::nanoseconds request_timeout = std::chrono::seconds(5);
+  /// A request larger than this (headers, or headers plus body) gets 413.
+  std::size_t max_request_bytes = 8 * 1024;
+  /// Connections beyond this many are answered 503 and closed.
+  std::size_t max_connections = 64;
+  /// Called once listening, with the bound port (to print where to curl).
+  std::function<void(std::uint16_t port)> on_listening{};
+};
+
+/// A service that answers Kubernetes-style probes about a tree over HTTP/1.1
+/// (Boost.Beast):
+/// - `GET /livez`: 200 while the tree runs and no child's heartbeat is stale
+///   (ChildOptions::heartbeat_timeout), else 503 naming the stale children;
+/// - `GET /readyz`: 200 only while every child is ready; 503 from the
+///   moment shutdown begins (draining) or while a child restarts;
+/// - `GET /status`: the tree's status() as JSON (status_json.hpp).
+/// HEAD works like GET without the body. Another method gets 405 (with
+/// Allow), another path 404, a malformed request 400, an oversized one 413.
+///
+/// It is ready once listening. It holds the tree weakly, so it can be a
+/// child of the tree it reports on. On shutdown it stops accepting, closes
+/// every connection at once and ends: it never holds up the tree's stop.
+/// Failing to bind (port taken, bad address) fails it with the address in
+/// the message.
+class HealthServer : public Runnable {
+ public:
+  /// Throws std::invalid_argument for a null tree or nonsensical options.
+  explicit HealthServer(const std::shared_ptr<ProcessManager>& tree, HealthOptions options = {},
+                        std::string name = "health");
+  ~HealthServer() override;
+  HealthServer(const HealthServer&) = delete;
+  HealthServer& operator=(const HealthServer&) = delete;
+
+  asio::awaitable<void> process_start() override;
+  std::string process_name() const override;
+  std::shared_ptr<ProcessControlHandler> process_handle() override;
+
+  /// The port it listens on; 0 while it is not listening.
+  std::uint16_t port() const noexcept;
+
+ private:
+  std::shared_ptr<detail::HealthState> state_;
+};
+
+}  // namespace pm

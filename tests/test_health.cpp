@@ -1,0 +1,385 @@
+// HealthServer: its endpoints over real TCP sockets on 127.0.0.1, with a
+// raw client for malformed and slow requests, and with curl.
+#include <processmanager/health.hpp>
+
+#include <gtest/gtest.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include <boost/json.hpp>
+
+#include <cstdio>
+#include <future>
+#include <string>
+
+#include "lifecycle_support.hpp"
+
+namespace {
+
+using namespace std::chrono_literals;
+namespace asio = pm::asio;
+using pm::ChildOptions;
+using pm::HealthOptions;
+using pm::HealthServer;
+using pm::ProcessManagerBuilder;
+using pm::StartOrder;
+using pm::test::Beating;
+using pm::test::Behaviour;
+using pm::test::Journal;
+using pm::test::Probe;
+using pm::test::Running;
+
+void send(const std::shared_ptr<pm::Runnable>& r, int code) {
+  r->process_handle()->control(pm::RuntimeControlMessage::custom(code));
+}
+
+/// A blocking TCP client on 127.0.0.1 (receive guarded against hangs).
+class Client {
+ public:
+  explicit Client(std::uint16_t port) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    timeval guard{static_cast<time_t>(pm::test::hang_guard.count()), 0};
+    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &guard, sizeof guard);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    connected_ = ::connect(fd_, reinterpret_cast<const sockaddr*>(&a), sizeof a) == 0;
+  }
+  ~Client() { ::close(fd_); }
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  bool connected() const { return connected_; }
+  void write(const std::string& bytes) const {
+    std::size_t done = 0;
+    while (done < bytes.size()) {
+      const ssize_t n = ::send(fd_, bytes.data() + done, bytes.size() - done, MSG_NOSIGNAL);
+      if (n <= 0) return;  // the server may close early (413): what it said is still readable
+      done += static_cast<std::size_t>(n);
+    }
+  }
+  /// Reads until `text` has arrived (or the connection ends).
+  std::string read_until(const std::string& text) const {
+    std::string out;
+    char c = 0;
+    while (out.find(text) == std::string::npos && ::recv(fd_, &c, 1, 0) == 1) out.push_back(c);
+    return out;
+  }
+  /// Everything until the server closes the connection.
+  std::string read_all() const {
+    std::string out;
+    char buf[4096];
+    for (;;) {
+      const ssize_t n = ::recv(fd_, buf, sizeof buf, 0);
+      if (n <= 0) return out;
+      out.append(buf, static_cast<std::size_t>(n));
+    }
+  }
+
+ private:
+  int fd_ = -1;
+  bool connected_ = false;
+};
+
+/// One request with "Connection: close"; the whole response.
+std::string get(std::uint16_t port, const std::string& target, const std::string& method = "GET") {
+  Client c(port);
+  if (!c.connected()) return "refused";
+  c.write(method + " " + target + " HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+  return c.read_all();
+}
+
+int status_of(const std::string& response) {
+  if (response.rfind("HTTP/1.1 ", 0) != 0) return -1;
+  return std::stoi(response.substr(9, 3));
+}
+
+std::string body_of(const std::string& response) {
+  const auto at = response.find("\r\n\r\n");
+  return at == std::string::npos ? "" : response.substr(at + 4);
+}
+
+/// A tree with a health server whose port the test learns when it listens.
+struct Tree {
+  std::shared_ptr<Journal> j = std::make_shared<Journal>();
+  std::shared_ptr<Probe> loader = std::make_shared<Probe>("loader", j, Behaviour{.defer_ready = true});
+  std::shared_ptr<Probe> stubborn = std::make_shared<Probe>("stubborn", j, Behaviour{.ignore_shutdown = true});
+  std::promise<std::uint16_t> listening;
+  std::shared_ptr<pm::ProcessManager> manager;
+  std::shared_ptr<HealthServer> health;
+
+  explicit Tree(HealthOptions options = {}) {
+    manager = ProcessManagerBuilder().name("app").start_order(StartOrder::sequential).build();
+    options.on_listening = [this](std::uint16_t port) { listening.set_value(port); };
+    health = std::make_shared<HealthServer>(manager, std::move(options));
+    // Sequential: the server starts first and stops last, so it answers
+    // throughout the others' stop.
+    manager->insert(health);
+    manager->insert(loader);
+    manager->insert(stubborn, ChildOptions{.shutdown_timeout = pm::test::hang_guard});
+  }
+};
+
+TEST(health, the_endpoints_follow_the_tree_from_start_through_draining) {
+  Tree t;
+  Running run(t.manager);
+  auto listening = t.listening.get_future();
+  ASSERT_EQ(listening.wait_for(pm::test::hang_guard), std::future_status::ready);
+  const std::uint16_t port = listening.get();
+  ASSERT_NE(port, 0);
+  EXPECT_EQ(t.health->port(), port);
+
+  // The loader is not ready yet (and the stubborn child not even started).
+  ASSERT_TRUE(t.j->wait_for("start loader"));
+  auto r = get(port, "/readyz");
+  EXPECT_EQ(status_of(r), 503) << r;
+  EXPECT_NE(body_of(r).find("not ready"), std::string::npos) << r;
+  EXPECT_EQ(status_of(get(port, "/livez")), 200);
+
+  send(t.loader, 1);
+  ASSERT_TRUE(run.wait_ready());
+  r = get(port, "/readyz");
+  EXPECT_EQ(status_of(r), 200) << r;
+  EXPECT_EQ(body_of(r), "ready\n");
+  EXPECT_NE(r.find("Cache-Control: no-store"), std::string::npos) << r;
+
+  r = get(port, "/status?pretty=no");
+  ASSERT_EQ(status_of(r), 200) << r;
+  EXPECT_NE(r.find("Content-Type: application/json"), std::string::npos) << r;
+  const auto status = pm::status_from_json(boost::json::parse(body_of(r)));
+  EXPECT_EQ(status.path, "app");
+  ASSERT_EQ(status.children.size(), 3u);
+  EXPECT_EQ(status.children[0].path, "app/health");
+  EXPECT_EQ(status.children[1].path, "app/loader");
+
+  // HEAD: the headers of GET, no body.
+  r = get(port, "/readyz", "HEAD");
+  EXPECT_EQ(status_of(r), 200) << r;
+  EXPECT_NE(r.find("Content-Length: 6"), std::string::npos) << r;
+  EXPECT_EQ(body_of(r), "");
+
+  // Draining: the stubborn child holds the stop; the server, last to stop,
+  // still answers, and the tree is not ready from the moment it began.
+  run.stop();
+  ASSERT_TRUE(t.j->wait_for("stop stubborn"));
+  r = get(port, "/readyz");
+  EXPECT_EQ(status_of(r), 503) << r;
+  EXPECT_EQ(body_of(r), "stopping\n");
+  EXPECT_EQ(status_of(get(port, "/livez")), 200);  // stopping is still alive
+  send(t.stubborn, 3);
+  EXPECT_EQ(run.finish(), nullptr);
+  EXPECT_EQ(get(port, "/readyz"), "refused");
+  EXPECT_EQ(t.health->port(), 0);
+}
+
+TEST(health, bad_requests_get_400_404_405_and_413_and_keep_alive_serves_several) {
+  Tree t(HealthOptions{.max_request_bytes = 1024});
+  Running run(t.manager);
+  auto listening = t.listening.get_future();
+  ASSERT_EQ(listening.wait_for(pm::test::hang_guard), std::future_status::ready);
+  const std::uint16_t port = listening.get();
+
+  auto r = get(port, "/metrics");
+  EXPECT_EQ(status_of(r), 404) << r;
+  r = get(port, "/readyz", "POST");
+  EXPECT_EQ(status_of(r), 405) << r;
+  EXPECT_NE(r.find("Allow: GET, HEAD"), std::string::npos) << r;
+  r = get(port, "/livez", "DELETE");
+  EXPECT_EQ(status_of(r), 405) << r;
+
+  {
+    Client c(port);
+    c.write("THIS IS NOT HTTP\r\n\r\n");
+    r = c.read_all();
+    EXPECT_EQ(status_of(r), 400) << r;
+  }
+  {
+    Client c(port);
+    c.write("GET /livez HTTP/1.1\r\nHost: x\r\nContent-Length: banana\r\n\r\n");
+    r = c.read_all();
+    EXPECT_EQ(status_of(r), 400) << r;
+  }
+  {
+    Client c(port);  // headers beyond the limit
+    c.write("GET /livez HTTP/1.1\r\nHost: x\r\nX-Big: " + std::string(4096, 'a') + "\r\n\r\n");
+    r = c.read_all();
+    EXPECT_EQ(status_of(r), 413) << r;
+  }
+  {
+    Client c(port);  // a body beyond the limit, announced
+    c.write("POST /livez HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n");
+    r = c.read_all();
+    EXPECT_EQ(status_of(r), 413) << r;
+  }
+  {
+    Client c(port);  // two requests on one connection
+    c.write("GET /livez HTTP/1.1\r\nHost: x\r\n\r\nGET /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    r = c.read_all();
+    std::size_t count = 0;
+    for (auto at = r.find("HTTP/1.1 200"); at != std::string::npos; at = r.find("HTTP/1.1 200", at + 1)) ++count;
+    EXPECT_EQ(count, 2u) << r;
+  }
+  send(t.loader, 1);
+  send(t.stubborn, 3);
+  run.stop();
+  EXPECT_EQ(run.finish(), nullptr);
+}
+
+TEST(health, slow_clients_are_cut_off) {
+  Tree t(HealthOptions{.request_timeout = 100ms});
+  Running run(t.manager);
+  auto listening = t.listening.get_future();
+  ASSERT_EQ(listening.wait_for(pm::test::hang_guard), std::future_status::ready);
+  const std::uint16_t port = listening.get();
+  {
+    // Half a request, then nothing: disconnected after the timeout, unanswered.
+    Client slow(port);
+    slow.write("GET /livez HTTP/1.1\r\nHo");
+    EXPECT_EQ(slow.read_all(), "");
+  }
+  send(t.loader, 1);
+  send(t.stubborn, 3);
+  ASSERT_TRUE(t.j->wait_for("end stubborn"));
+  run.stop();
+  EXPECT_EQ(run.finish(), nullptr);
+}
+
+TEST(health, connections_beyond_the_limit_get_503) {
+  Tree t(HealthOptions{.request_timeout = pm::test::hang_guard, .max_connections = 2});
+  Running run(t.manager);
+  auto listening = t.listening.get_future();
+  ASSERT_EQ(listening.wait_for(pm::test::hang_guard), std::future_status::ready);
+  const std::uint16_t port = listening.get();
+  // Two connections that send nothing hold both places (the server accepts
+  // in connection order, and counts a connection when it accepts it).
+  Client a(port);
+  Client b(port);
+  ASSERT_TRUE(a.connected() && b.connected());
+  const auto r = get(port, "/livez");
+  EXPECT_EQ(status_of(r), 503) << r;
+  EXPECT_EQ(body_of(r), "too many connections\n");
+  send(t.loader, 1);
+  send(t.stubborn, 3);
+  ASSERT_TRUE(t.j->wait_for("end stubborn"));
+  run.stop();
+  EXPECT_EQ(run.finish(), nullptr);
+}
+
+TEST(health, a_stop_closes_open_connections_at_once) {
+  Tree t(HealthOptions{.request_timeout = pm::test::hang_guard});
+  Running run(t.manager);
+  auto listening = t.listening.get_future();
+  ASSERT_EQ(listening.wait_for(pm::test::hang_guard), std::future_status::ready);
+  Client idle(listening.get());
+  ASSERT_TRUE(idle.connected());
+  idle.write("GET /livez HTTP/1.1\r\nHost: x\r\n\r\n");  // kept alive afterwards, idle
+  EXPECT_EQ(status_of(idle.read_until("alive\n")), 200);
+  send(t.loader, 1);
+  send(t.stubborn, 3);
+  ASSERT_TRUE(t.j->wait_for("end stubborn"));
+  run.stop();
+  // Only the stop's closing can end the idle connection (its timeout is the
+  // hang guard): the tree's stop does not wait for the client.
+  EXPECT_EQ(run.finish(), nullptr);
+  EXPECT_EQ(idle.read_all(), "");  // closed by the server
+}
+
+TEST(health, livez_fails_while_a_heartbeat_is_stale) {
+  auto j = std::make_shared<Journal>();
+  auto beating = std::make_shared<Beating>("beating", j);
+  beating->beats().set(std::chrono::steady_clock::now() + std::chrono::hours(1));
+  auto m = ProcessManagerBuilder().name("app").build();
+  std::promise<std::uint16_t> listening;
+  auto health = std::make_shared<HealthServer>(
+      m, HealthOptions{.on_listening = [&listening](std::uint16_t p) { listening.set_value(p); }});
+  m->insert(health);
+  m->insert(beating, ChildOptions{.heartbeat_timeout = 20ms});
+  Running run(m);
+  auto port_future = listening.get_future();
+  ASSERT_EQ(port_future.wait_for(pm::test::hang_guard), std::future_status::ready);
+  const auto port = port_future.get();
+  EXPECT_EQ(status_of(get(port, "/livez")), 200);
+  beating->beats().set(std::chrono::steady_clock::now() - std::chrono::hours(1));
+  std::this_thread::sleep_for(30ms);  // time is the subject: the 20 ms pass
+  const auto r = get(port, "/livez");
+  EXPECT_EQ(status_of(r), 503) << r;
+  EXPECT_EQ(body_of(r), "stale heartbeat: app/beating\n");
+  run.stop();
+  EXPECT_EQ(run.finish(), nullptr);
+}
+
+TEST(health, curl_sees_the_probes) {
+  Tree t;
+  Running run(t.manager);
+  auto listening = t.listening.get_future();
+  ASSERT_EQ(listening.wait_for(pm::test::hang_guard), std::future_status::ready);
+  const std::string base = "http://127.0.0.1:" + std::to_string(listening.get());
+  send(t.loader, 1);
+  ASSERT_TRUE(run.wait_ready());
+  auto curl = [](const std::string& args) {
+    std::string out;
+    FILE* p = ::popen(("curl -s -S --max-time 60 " + args + " 2>&1").c_str(), "r");
+    if (p == nullptr) return std::string("popen failed");
+    char buf[512];
+    std::size_t n = 0;
+    while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+    ::pclose(p);
+    return out;
+  };
+  EXPECT_EQ(curl("-o /dev/null -w '%{http_code}' " + base + "/readyz"), "200");
+  EXPECT_EQ(curl(base + "/livez"), "alive\n");
+  EXPECT_EQ(curl("-o /dev/null -w '%{http_code}' -X PUT " + base + "/readyz"), "405");
+  EXPECT_EQ(curl("-o /dev/null -w '%{http_code}' " + base + "/nothing"), "404");
+  const std::string big = "/tmp/pm-health-big-" + std::to_string(getpid());
+  {
+    FILE* f = std::fopen(big.c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    const std::string bytes(20000, 'x');
+    std::fwrite(bytes.data(), 1, bytes.size(), f);
+    std::fclose(f);
+  }
+  EXPECT_EQ(curl("-o /dev/null -w '%{http_code}' --data-binary @" + big + " " + base + "/status"), "413");
+  std::remove(big.c_str());
+  const auto json = curl(base + "/status");
+  EXPECT_NO_THROW((void)pm::status_from_json(boost::json::parse(json))) << json;
+  send(t.stubborn, 3);
+  run.stop();
+  EXPECT_EQ(run.finish(), nullptr);
+}
+
+TEST(health, a_taken_port_fails_the_server_by_name_and_a_bad_address_is_refused) {
+  auto m = ProcessManagerBuilder().name("app").build();
+  EXPECT_THROW(HealthServer(m, HealthOptions{.address = "localhost:80"}), std::invalid_argument);
+  EXPECT_THROW(HealthServer(nullptr), std::invalid_argument);
+  EXPECT_THROW(HealthServer(m, HealthOptions{.request_timeout = 0s}), std::invalid_argument);
+
+  // Hold a port, then ask a server for it.
+  const int holder = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(holder, reinterpret_cast<const sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(::listen(holder, 1), 0);
+  socklen_t len = sizeof a;
+  ::getsockname(holder, reinterpret_cast<sockaddr*>(&a), &len);
+  const auto port = ntohs(a.sin_port);
+  m->insert(std::make_shared<HealthServer>(m, HealthOptions{.port = port}, "probes"));
+  Running run(m);
+  const auto e = run.finish();
+  ::close(holder);
+  ASSERT_NE(e, nullptr);
+  try {
+    std::rethrow_exception(e);
+  } catch (const pm::ProcessError& err) {
+    const std::string what = pm::describe(err.root_cause());
+    EXPECT_NE(what.find("HealthServer 'probes' on 127.0.0.1:" + std::to_string(port)), std::string::npos) << what;
+    EXPECT_EQ(err.process_name(), "app/probes");
+  }
+}
+
+}  // namespace
