@@ -1,5 +1,5 @@
 # The two commands of the README, plus the ones developers use.
-#   make demo   build and run the seed example for a few seconds (Ctrl-C stops it early)
+#   make demo   build and run the demo tree for a few seconds (Ctrl-C stops it early)
 #   make test   build everything and run the whole test suite
 #   make bench  Release build, run the micro benchmarks
 #   make asan / make tsan      the whole suite under AddressSanitizer+UBSan / ThreadSanitizer (g++)
@@ -33,8 +33,11 @@ build: configure
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
+# The demo tree (examples/demo.cpp): health endpoints, restarts, reloads.
+# DEMO_FOR=0 runs until Ctrl-C; DEMO_PORT picks the health port (0: any).
+DEMO_PORT ?= 0
 demo: build
-	./$(BUILD)/examples/seed_example --for $(DEMO_FOR)
+	./$(BUILD)/examples/demo $(if $(filter 0,$(DEMO_FOR)),,--for $(DEMO_FOR)) --port $(DEMO_PORT)
 
 $(BUILD_REL)/build.ninja: | deps
 	cmake -S . -B $(BUILD_REL) -G Ninja -DCMAKE_BUILD_TYPE=Release -DPM_BUILD_TESTS=OFF -DPM_BUILD_EXAMPLES=OFF

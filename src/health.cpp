@@ -55,8 +55,8 @@ struct HealthState {
   std::atomic<std::uint16_t> port{0};
   // On the server's executor only.
   std::list<beast::tcp_stream*> sessions;  // those whose coroutine has begun
-  std::size_t connections = 0;            // counted at accept: the limit holds before a session begins
-  asio::steady_timer* drained = nullptr;  // the stop waits on it for the last connection
+  std::size_t connections = 0;             // counted at accept: the limit holds before a session begins
+  asio::steady_timer* drained = nullptr;   // the stop waits on it for the last connection
   bool closing = false;
 
   HealthState(const std::shared_ptr<ProcessManager>& t, HealthOptions o, std::string n)
@@ -223,8 +223,8 @@ asio::awaitable<void> HealthServer::process_start() {
 
   tcp::acceptor acceptor(ex);
   const tcp::endpoint where(asio::ip::make_address(s->options.address), s->options.port);
-  const std::string label = "HealthServer '" + s->name + "' on " + s->options.address + ":" +
-                            std::to_string(s->options.port);
+  const std::string label =
+      "HealthServer '" + s->name + "' on " + s->options.address + ":" + std::to_string(s->options.port);
   boost::system::error_code ec;
   if (!acceptor.open(where.protocol(), ec)) acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
   if (!ec) acceptor.bind(where, ec);
@@ -259,6 +259,7 @@ asio::awaitable<void> HealthServer::process_start() {
       continue;  // reload and custom messages mean nothing here
     }
     auto [aec, socket] = std::move(op.next());
+    if (aec == asio::error::operation_aborted) continue;  // the message that cancelled it is next
     if (aec) {
       // Out of descriptors and the like: the server goes on; the client
       // sees its connection refused or reset.

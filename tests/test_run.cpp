@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "child_process.hpp"
 #include "notify_listener.hpp"
 #include "support.hpp"
 
@@ -19,88 +20,12 @@ namespace {
 
 using namespace std::chrono_literals;
 
-/// The run helper as a child process, with its stdout read line by line.
-class Child {
+/// The run helper as a child process.
+class Child : public pm::test::ChildProcess {
  public:
-  explicit Child(const std::string& mode) {
-    int out[2];
-    int err[2];
-    if (pipe(out) != 0 || pipe(err) != 0) throw std::runtime_error("pipe failed");
-    pid_ = fork();
-    if (pid_ == 0) {
-      dup2(out[1], STDOUT_FILENO);
-      dup2(err[1], STDERR_FILENO);
-      close(out[0]);
-      close(err[0]);
-      unsetenv("PM_LOG");
-      execl(PM_RUN_HELPER, PM_RUN_HELPER, mode.c_str(), static_cast<char*>(nullptr));
-      _exit(127);
-    }
-    close(out[1]);
-    close(err[1]);
-    out_ = out[0];
-    err_ = err[0];
-  }
-  ~Child() {
-    if (pid_ > 0 && !reaped_) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-    }
-    close(out_);
-    close(err_);
-  }
-  Child(const Child&) = delete;
-  Child& operator=(const Child&) = delete;
-
-  /// Reads stdout until a line equal to `line` has been seen (services print
-  /// in no fixed order, so earlier lines count too); false on EOF or guard.
-  bool wait_line(const std::string& line, std::chrono::milliseconds guard = pm::test::hang_guard) {
-    const auto deadline = std::chrono::steady_clock::now() + guard;
-    for (;;) {
-      auto nl = buf_.find('\n');
-      while (nl != std::string::npos) {
-        lines_.push_back(buf_.substr(0, nl));
-        buf_.erase(0, nl + 1);
-        nl = buf_.find('\n');
-      }
-      if (std::find(lines_.begin(), lines_.end(), line) != lines_.end()) return true;
-      const auto left =
-          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-      if (left.count() <= 0) return false;
-      pollfd p{out_, POLLIN, 0};
-      if (poll(&p, 1, static_cast<int>(left.count())) <= 0) return false;
-      char chunk[256];
-      const ssize_t n = read(out_, chunk, sizeof chunk);
-      if (n <= 0) return false;
-      buf_.append(chunk, static_cast<std::size_t>(n));
-    }
-  }
+  explicit Child(const std::string& mode) : ChildProcess(PM_RUN_HELPER, {mode}) {}
   /// Both services of the helper's tree are in their loops.
   bool wait_ready() { return wait_line("ready a") && wait_line("ready b"); }
-  void signal(int sig) const { kill(pid_, sig); }
-  /// Waits for the exit; returns the exit code, or 1000+signal if killed.
-  int wait_exit() {
-    int status = 0;
-    // The child bounds its own run; the test's TIMEOUT guards a hang here.
-    waitpid(pid_, &status, 0);
-    reaped_ = true;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 1000 + WTERMSIG(status);
-  }
-  std::string stderr_text() const {
-    std::string all;
-    char chunk[512];
-    ssize_t n = 0;
-    while ((n = read(err_, chunk, sizeof chunk)) > 0) all.append(chunk, static_cast<std::size_t>(n));
-    return all;
-  }
-
- private:
-  pid_t pid_ = -1;
-  int out_ = -1;
-  int err_ = -1;
-  bool reaped_ = false;
-  std::string buf_;
-  std::vector<std::string> lines_;
 };
 
 TEST(run, sigint_stops_the_tree_gracefully_with_exit_code_0) {

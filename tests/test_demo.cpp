@@ -1,0 +1,80 @@
+// The demo as `make demo` runs it: a child process with real signals, its
+// health endpoints over TCP, and systemd's notify socket.
+#include <gtest/gtest.h>
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <string>
+
+#include "child_process.hpp"
+#include "http_client.hpp"
+#include "notify_listener.hpp"
+
+namespace {
+
+using pm::test::ChildProcess;
+using pm::test::get;
+using pm::test::status_of;
+
+std::uint16_t port_of(const std::string& line) {
+  const auto at = line.find("127.0.0.1:");
+  if (at == std::string::npos) return 0;
+  return static_cast<std::uint16_t>(std::stoi(line.substr(at + 10)));
+}
+
+TEST(demo, serves_readyz_reloads_on_sighup_and_stops_on_sigterm_with_exit_0) {
+  const std::string where = "@pm-demo-notify-" + std::to_string(getpid());
+  pm::test::NotifyListener sd(where);
+  setenv("NOTIFY_SOCKET", where.c_str(), 1);  // as under systemd's Type=notify-reload
+  ChildProcess demo(PM_DEMO, {"--port", "0"});
+  unsetenv("NOTIFY_SOCKET");
+  const auto port = port_of(demo.wait_prefix("demo: health endpoints on "));
+  ASSERT_NE(port, 0);
+  ASSERT_TRUE(demo.wait_line("demo: every service is ready"));
+  ASSERT_GE(sd.wait_for_text("READY=1"), 0);
+
+  // The flaky worker makes the tree unready for its backoff now and then:
+  // /readyz answers 503 then, and 200 again once it is back.
+  int code = 0;
+  for (int i = 0; i < 100 && code != 200; ++i) {
+    const auto seen = sd.messages().size();
+    code = status_of(get(port, "/readyz"));
+    ASSERT_TRUE(code == 200 || code == 503) << code;
+    if (code != 200) {
+      ASSERT_GE(sd.wait_for_text("STATUS=ready", seen), 0);  // the notifier saw it ready again
+    }
+  }
+  EXPECT_EQ(code, 200);
+  EXPECT_EQ(status_of(get(port, "/livez")), 200);
+  const auto status = get(port, "/status");
+  EXPECT_EQ(status_of(status), 200);
+  for (const char* child : {"demo/health", "demo/heartbeat", "demo/flaky", "demo/disk-poller", "demo/signal-receiver"}) {
+    EXPECT_NE(status.find(std::string("\"") + child + "\""), std::string::npos) << child << " in " << status;
+  }
+
+  demo.signal(SIGHUP);
+  EXPECT_TRUE(demo.wait_line("heartbeat: reload received"));
+  EXPECT_TRUE(demo.wait_line("disk-poller: reload received"));
+  EXPECT_GE(sd.wait_for_text("RELOADING=1"), 0);
+
+  demo.signal(SIGTERM);
+  EXPECT_EQ(demo.wait_exit(), 0);
+  EXPECT_TRUE(demo.wait_line("demo: exit code 0"));
+  EXPECT_GE(sd.wait_for_text("STOPPING=1"), 0);
+}
+
+TEST(demo, for_bounds_the_run_and_bad_arguments_are_refused) {
+  {
+    ChildProcess demo(PM_DEMO, {"--for", "300ms"});
+    EXPECT_EQ(demo.wait_exit(), 0);
+    EXPECT_TRUE(demo.wait_line("demo: time is up, stopping"));
+  }
+  {
+    ChildProcess demo(PM_DEMO, {"--for", "soon"});
+    EXPECT_EQ(demo.wait_exit(), 2);
+    EXPECT_NE(demo.stderr_text().find("--for wants a duration"), std::string::npos);
+  }
+}
+
+}  // namespace
