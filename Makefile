@@ -6,12 +6,13 @@
 #   make clang-asan            the whole suite built by clang++ 14 under ASan+UBSan
 #   make tidy / make format-check   clang-tidy on src/ and include/, clang-format check
 #   make stress / make soak    the long runs of the stress test and of the soak
+#   make docs                  the API reference with doxygen (warnings fail it)
 BUILD    ?= build
 BUILD_REL ?= build-release
 JOBS     ?= $(shell nproc)
 DEMO_FOR ?= 5s
 
-.PHONY: all deps configure build test demo bench clean asan clang-asan tsan tidy format format-check stress soak
+.PHONY: all deps configure build test demo bench clean asan clang-asan tsan tidy format format-check stress soak docs
 
 STRESS_RUNS ?= 1000
 SOAK_CYCLES ?= 10000
@@ -81,6 +82,14 @@ tidy: deps
 	  || { grep -E 'warning|error' build-tidy/tidy.log | head -50; exit 1; }
 	@echo "clang-tidy: no findings"
 
+# The API reference (doxygen, docs/Doxyfile): build-docs/html/index.html.
+# Any doxygen warning (an undocumented public entity, say) fails it.
+docs: deps
+	rm -rf build-docs && mkdir -p build-docs
+	doxygen docs/Doxyfile || { cat build-docs/warnings.log; exit 1; }
+	@test ! -s build-docs/warnings.log || { cat build-docs/warnings.log; exit 1; }
+	@echo "API reference: build-docs/html/index.html (no warnings)"
+
 format:
 	clang-format -i $(SOURCES)
 
@@ -95,4 +104,4 @@ soak: build
 	./$(BUILD)/tests/pm_soak --cycles $(SOAK_CYCLES) --services 100
 
 clean:
-	rm -rf $(BUILD) $(BUILD_REL) build-asan build-clang-asan build-tsan build-tidy
+	rm -rf $(BUILD) $(BUILD_REL) build-asan build-clang-asan build-tsan build-tidy build-docs

@@ -43,7 +43,7 @@ std::string_view to_string(EventKind kind) noexcept;
 
 /// One thing that happened to one child.
 struct Event {
-  EventKind kind = EventKind::state;
+  EventKind kind = EventKind::state;             ///< what happened
   std::string path;                              ///< "root/db/writer"
   std::chrono::system_clock::time_point time{};  ///< when it happened
   ChildState state = ChildState::starting;       ///< the new state (kind state)
@@ -98,6 +98,7 @@ struct ChildStatus {
   bool stale = false;                             ///< its heartbeat is older than its heartbeat_timeout
   std::vector<ChildStatus> children{};            ///< a nested manager's children, in start order
 
+  /// Field by field, children included (a JSON round trip compares equal).
   friend bool operator==(const ChildStatus&, const ChildStatus&) = default;
 };
 

@@ -16,22 +16,22 @@ enum class RestartPolicy {
 /// How long to wait before a restart: initial * factor^(n-1), capped at
 /// max; with jitter, a uniformly random time in [0, that] ("full jitter").
 struct Backoff {
-  std::chrono::nanoseconds initial = std::chrono::milliseconds(100);
-  double factor = 2.0;
-  std::chrono::nanoseconds max = std::chrono::seconds(30);
-  bool jitter = false;
+  std::chrono::nanoseconds initial = std::chrono::milliseconds(100);  ///< the first wait
+  double factor = 2.0;                                                ///< growth per restart, >= 1
+  std::chrono::nanoseconds max = std::chrono::seconds(30);            ///< the cap
+  bool jitter = false;                                                ///< full jitter: uniform in [0, wait]
 };
 
 /// A RestartSupervisor's configuration.
 struct RestartOptions {
-  RestartPolicy policy = RestartPolicy::transient;
-  Backoff backoff{};
+  RestartPolicy policy = RestartPolicy::transient;  ///< which ends are restarted
+  Backoff backoff{};                                ///< the wait before each restart
   /// A child that ran this long without failing starts its backoff afresh.
   std::chrono::nanoseconds reset_after = std::chrono::seconds(30);
   /// More than this many restarts within `window` gives up (Erlang's
   /// intensity and period).
   std::size_t max_restarts = 3;
-  std::chrono::nanoseconds window = std::chrono::seconds(5);
+  std::chrono::nanoseconds window = std::chrono::seconds(5);  ///< the period max_restarts counts over
 };
 
 }  // namespace pm

@@ -106,7 +106,9 @@ using tick_result_t = typename detail::tick_traits<std::decay_t<Op>>::result_typ
 /// this for every service they start).
 class RuntimeTicker {
  public:
+  /// Takes over `other`'s guard; `other` is left empty (ticking it throws).
   RuntimeTicker(RuntimeTicker&& other) noexcept : state_(std::move(other.state_)) {}
+  /// Releases this ticker's guard, then takes over `other`'s.
   RuntimeTicker& operator=(RuntimeTicker&& other) noexcept {
     if (this != &other) {
       release();

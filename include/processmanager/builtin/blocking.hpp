@@ -22,7 +22,7 @@ class BlockingState;
 /// custom messages reach plain threads too. Used on the service's thread.
 class BlockingContext {
  public:
-  using duration = std::chrono::steady_clock::duration;
+  using duration = std::chrono::steady_clock::duration;  ///< of the waits
 
   /// Requested when the service receives shutdown (or is cancelled).
   std::stop_token stop_token() const noexcept { return token_; }

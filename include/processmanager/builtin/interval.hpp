@@ -24,7 +24,7 @@ enum class MissedTickBehavior {
 /// Not thread-safe: use it from one strand, like a steady_timer.
 class Interval {
  public:
-  using clock = std::chrono::steady_clock;
+  using clock = std::chrono::steady_clock;  ///< what its deadlines are measured on
 
   /// Throws std::invalid_argument for a period that is not positive.
   Interval(const asio::any_io_executor& ex, clock::duration period,
