@@ -12,7 +12,9 @@
 // Ctrl-C or SIGTERM stop it gracefully with exit code 0; under systemd
 // (Type=notify-reload) pm::run also speaks the notify protocol.
 //
-//   demo [--for 5s|500ms|2m] [--port N]      (port 0, the default, picks one)
+//   demo [--for 5s|500ms|2m] [--port N] [--address A]
+//        port 0, the default, picks one; the address defaults to 127.0.0.1
+//        (0.0.0.0 in a container, so that the kubelet can probe it)
 #include <processmanager/processmanager.hpp>
 
 #include <chrono>
@@ -138,34 +140,9 @@ std::shared_ptr<pm::Runnable> announcer(const std::shared_ptr<pm::ProcessManager
   });
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  std::optional<std::chrono::milliseconds> run_for;
-  std::uint16_t port = 0;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    const bool has_value = i + 1 < argc;
-    if (arg == "--for" && has_value) {
-      run_for = parse_duration(argv[++i]);
-      if (!run_for) {
-        std::fprintf(stderr, "demo: --for wants a duration like 5s, 500ms or 2m\n");
-        return 2;
-      }
-    } else if (arg == "--port" && has_value) {
-      const long p = std::strtol(argv[++i], nullptr, 10);
-      if (p < 0 || p > 65535) {
-        std::fprintf(stderr, "demo: --port wants 0..65535\n");
-        return 2;
-      }
-      port = static_cast<std::uint16_t>(p);
-    } else {
-      std::fprintf(stderr, "usage: demo [--for 5s] [--port N]\n");
-      return 2;
-    }
-  }
-  if (std::getenv("PM_LOG") == nullptr) pm::set_log_level(pm::LogLevel::debug);  // every event
-
+/// The demo's tree; throws std::invalid_argument for a bad address.
+std::shared_ptr<pm::ProcessManager> build_tree(std::uint16_t port, const std::string& address,
+                                               std::optional<std::chrono::milliseconds> run_for) {
   auto root = pm::ProcessManagerBuilder()
                   .name("demo")
                   .strategy(pm::Strategy::one_for_one)
@@ -180,8 +157,8 @@ int main(int argc, char** argv) {
                                    .reset_after = 10s};
 
   root->insert(std::make_shared<pm::HealthServer>(
-      root, pm::HealthOptions{.port = port, .on_listening = [](std::uint16_t p) {
-                                const std::string base = "http://127.0.0.1:" + std::to_string(p);
+      root, pm::HealthOptions{.address = address, .port = port, .on_listening = [address](std::uint16_t p) {
+                                const std::string base = "http://" + address + ":" + std::to_string(p);
                                 say("demo: health endpoints on " + base + "/livez /readyz /status");
                                 say("demo: try  curl " + base + "/status   |   kill -HUP " +
                                     std::to_string(::getpid()) + " reloads, Ctrl-C stops");
@@ -203,11 +180,54 @@ int main(int argc, char** argv) {
   // pm::run handles SIGINT, SIGTERM and SIGHUP; this one makes SIGUSR1 a
   // reload as well, from inside the tree.
   root->insert(std::make_shared<pm::SignalReceiver>(
-      root->process_handle(), pm::SignalReceiverOptions{.stop_signals = {}, .reload_signals = {SIGUSR1}, .escalate = {}}));
+      root->process_handle(),
+      pm::SignalReceiverOptions{.stop_signals = {}, .reload_signals = {SIGUSR1}, .escalate = {}}));
   root->insert(announcer(root));
   if (run_for) root->insert(deadline(*run_for, root->process_handle()));
 
-  say("demo: pid " + std::to_string(::getpid()) + (run_for ? ", running for " + std::to_string(run_for->count()) + " ms" : ""));
+  return root;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::optional<std::chrono::milliseconds> run_for;
+  std::uint16_t port = 0;
+  std::string address = "127.0.0.1";
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    const bool has_value = i + 1 < argc;
+    if (arg == "--for" && has_value) {
+      run_for = parse_duration(argv[++i]);
+      if (!run_for) {
+        std::fprintf(stderr, "demo: --for wants a duration like 5s, 500ms or 2m\n");
+        return 2;
+      }
+    } else if (arg == "--port" && has_value) {
+      const long p = std::strtol(argv[++i], nullptr, 10);
+      if (p < 0 || p > 65535) {
+        std::fprintf(stderr, "demo: --port wants 0..65535\n");
+        return 2;
+      }
+      port = static_cast<std::uint16_t>(p);
+    } else if (arg == "--address" && has_value) {
+      address = argv[++i];
+    } else {
+      std::fprintf(stderr, "usage: demo [--for 5s] [--port N] [--address A]\n");
+      return 2;
+    }
+  }
+  if (std::getenv("PM_LOG") == nullptr) pm::set_log_level(pm::LogLevel::debug);  // every event
+
+  std::shared_ptr<pm::ProcessManager> root;
+  try {
+    root = build_tree(port, address, run_for);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "demo: %s\n", e.what());  // a bad --address, say
+    return 2;
+  }
+  say("demo: pid " + std::to_string(::getpid()) +
+      (run_for ? ", running for " + std::to_string(run_for->count()) + " ms" : ""));
   const int code = pm::run(root, {.threads = 2});
   say("demo: exit code " + std::to_string(code));
   return code;

@@ -275,7 +275,7 @@ asio::awaitable<void> SystemdNotifier::run() {
     if (stopping) wake = std::min(wake, next_extend);
     timer.expires_at(wake);
     auto wait = timer.async_wait(asio::deferred);
-    auto op = co_await ticker.tick(std::move(wait));
+    auto op = co_await ticker.tick(wait);
     if (op.is_next()) continue;
     const RuntimeControlMessage& msg = op.control();
     if (msg.is_shutdown()) {

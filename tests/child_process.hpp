@@ -85,15 +85,17 @@ class ChildProcess {
   /// The first line seen so far that starts with `prefix`, waiting for it.
   std::string wait_prefix(const std::string& prefix, std::chrono::milliseconds guard = pm::test::hang_guard) {
     std::string found;
-    wait_until([&] {
-      for (const auto& l : lines_) {
-        if (l.rfind(prefix, 0) == 0) {
-          found = l;
-          return true;
-        }
-      }
-      return false;
-    }, guard);
+    wait_until(
+        [&] {
+          for (const auto& l : lines_) {
+            if (l.rfind(prefix, 0) == 0) {
+              found = l;
+              return true;
+            }
+          }
+          return false;
+        },
+        guard);
     return found;
   }
   void signal(int sig) const { kill(pid_, sig); }

@@ -49,7 +49,8 @@ TEST(demo, serves_readyz_reloads_on_sighup_and_stops_on_sigterm_with_exit_0) {
   EXPECT_EQ(status_of(get(port, "/livez")), 200);
   const auto status = get(port, "/status");
   EXPECT_EQ(status_of(status), 200);
-  for (const char* child : {"demo/health", "demo/heartbeat", "demo/flaky", "demo/disk-poller", "demo/signal-receiver"}) {
+  for (const char* child :
+       {"demo/health", "demo/heartbeat", "demo/flaky", "demo/disk-poller", "demo/signal-receiver"}) {
     EXPECT_NE(status.find(std::string("\"") + child + "\""), std::string::npos) << child << " in " << status;
   }
 

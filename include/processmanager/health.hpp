@@ -24,7 +24,7 @@ struct HealthOptions {
   /// this; a slower one is disconnected.
   std::chrono::nanoseconds request_timeout = std::chrono::seconds(5);
   /// A request larger than this (headers, or headers plus body) gets 413.
-  std::size_t max_request_bytes = 8 * 1024;
+  std::size_t max_request_bytes = 8192;
   /// Connections beyond this many are answered 503 and closed.
   std::size_t max_connections = 64;
   /// Called once listening, with the bound port (to print where to curl).
