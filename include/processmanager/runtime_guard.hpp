@@ -195,10 +195,12 @@ class RuntimeTicker {
       using Traits = detail::completion_traits<Tuple>;
       if constexpr (!Traits::has_error && std::tuple_size_v<Tuple> == 0) {
         // Work that cannot fail and yields nothing (a post, a dispatch):
-        // awaited as it is, without a tuple to carry an error through.
+        // awaited as it is, without a tuple to carry an error through, and
+        // as an async operation rather than through use_awaitable, which
+        // would wrap it in a coroutine frame of its own.
         if (!own) {
           s.begin_wait(sig);
-          co_await std::move(op)(asio::use_awaitable);
+          co_await std::move(op);
           s.end_wait();
           co_return Result::from_next();
         }
@@ -206,8 +208,9 @@ class RuntimeTicker {
       std::optional<Tuple> done;
       s.begin_wait(sig);
       if (!own) {
-        auto token = asio::as_tuple(asio::use_awaitable);
-        done.emplace(co_await std::move(op)(token));
+        // Awaited as an async operation, like the post above: no frame.
+        auto tupled = std::move(op)(asio::as_tuple(asio::deferred));
+        done.emplace(co_await std::move(tupled));
       } else {
         auto token = asio::as_tuple(asio::bind_cancellation_slot(sig->slot(), asio::use_awaitable));
         done.emplace(co_await std::move(op)(token));
