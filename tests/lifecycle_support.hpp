@@ -65,6 +65,11 @@ struct Behaviour {
   bool ignore_shutdown = false;    ///< keeps running on shutdown (until cancelled)
 };
 
+/// Sends custom(code) to a runnable (Probe: 1 ready, 2 throw, 3 end).
+inline void send(const std::shared_ptr<Runnable>& r, int code) {
+  r->process_handle()->control(RuntimeControlMessage::custom(code));
+}
+
 /// A coroutine service that journals "start N", "ready N", "stop N",
 /// "fail N", "end N" and obeys custom(1) (become ready), custom(2) (throw)
 /// and custom(3) (end normally).

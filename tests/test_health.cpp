@@ -33,11 +33,8 @@ using pm::test::get;
 using pm::test::Journal;
 using pm::test::Probe;
 using pm::test::Running;
+using pm::test::send;
 using pm::test::status_of;
-
-void send(const std::shared_ptr<pm::Runnable>& r, int code) {
-  r->process_handle()->control(pm::RuntimeControlMessage::custom(code));
-}
 
 /// A tree with a health server whose port the test learns when it listens.
 struct Tree {
@@ -58,14 +55,26 @@ struct Tree {
     manager->insert(loader);
     manager->insert(stubborn, ChildOptions{.shutdown_timeout = pm::test::hang_guard});
   }
+  /// The port, once the server listens; 0 if it never does.
+  std::uint16_t port() {
+    auto f = listening.get_future();
+    return f.wait_for(pm::test::hang_guard) == std::future_status::ready ? f.get() : 0;
+  }
+  /// A clean stop: the loader ready, the stubborn child gone, then shutdown.
+  void stop(Running& run) const {
+    send(loader, 1);
+    send(stubborn, 3);
+    ASSERT_TRUE(j->wait_for("end stubborn"));
+    run.stop();
+    EXPECT_EQ(run.finish(), nullptr);
+  }
 };
 
 TEST(health, the_endpoints_follow_the_tree_from_start_through_draining) {
   Tree t;
   Running run(t.manager);
-  auto listening = t.listening.get_future();
-  ASSERT_EQ(listening.wait_for(pm::test::hang_guard), std::future_status::ready);
-  const std::uint16_t port = listening.get();
+  const std::uint16_t port = t.port();
+  ASSERT_NE(port, 0);
   ASSERT_NE(port, 0);
   EXPECT_EQ(t.health->port(), port);
 
@@ -115,9 +124,8 @@ TEST(health, the_endpoints_follow_the_tree_from_start_through_draining) {
 TEST(health, bad_requests_get_400_404_405_and_413_and_keep_alive_serves_several) {
   Tree t(HealthOptions{.max_request_bytes = 1024});
   Running run(t.manager);
-  auto listening = t.listening.get_future();
-  ASSERT_EQ(listening.wait_for(pm::test::hang_guard), std::future_status::ready);
-  const std::uint16_t port = listening.get();
+  const std::uint16_t port = t.port();
+  ASSERT_NE(port, 0);
 
   auto r = get(port, "/metrics");
   EXPECT_EQ(status_of(r), 404) << r;
@@ -159,37 +167,28 @@ TEST(health, bad_requests_get_400_404_405_and_413_and_keep_alive_serves_several)
     for (auto at = r.find("HTTP/1.1 200"); at != std::string::npos; at = r.find("HTTP/1.1 200", at + 1)) ++count;
     EXPECT_EQ(count, 2u) << r;
   }
-  send(t.loader, 1);
-  send(t.stubborn, 3);
-  run.stop();
-  EXPECT_EQ(run.finish(), nullptr);
+  t.stop(run);
 }
 
 TEST(health, slow_clients_are_cut_off) {
   Tree t(HealthOptions{.request_timeout = 100ms});
   Running run(t.manager);
-  auto listening = t.listening.get_future();
-  ASSERT_EQ(listening.wait_for(pm::test::hang_guard), std::future_status::ready);
-  const std::uint16_t port = listening.get();
+  const std::uint16_t port = t.port();
+  ASSERT_NE(port, 0);
   {
     // Half a request, then nothing: disconnected after the timeout, unanswered.
     Client slow(port);
     slow.write("GET /livez HTTP/1.1\r\nHo");
     EXPECT_EQ(slow.read_all(), "");
   }
-  send(t.loader, 1);
-  send(t.stubborn, 3);
-  ASSERT_TRUE(t.j->wait_for("end stubborn"));
-  run.stop();
-  EXPECT_EQ(run.finish(), nullptr);
+  t.stop(run);
 }
 
 TEST(health, connections_beyond_the_limit_get_503) {
   Tree t(HealthOptions{.request_timeout = pm::test::hang_guard, .max_connections = 2});
   Running run(t.manager);
-  auto listening = t.listening.get_future();
-  ASSERT_EQ(listening.wait_for(pm::test::hang_guard), std::future_status::ready);
-  const std::uint16_t port = listening.get();
+  const std::uint16_t port = t.port();
+  ASSERT_NE(port, 0);
   // Two connections that send nothing hold both places (the server accepts
   // in connection order, and counts a connection when it accepts it).
   Client a(port);
@@ -198,19 +197,15 @@ TEST(health, connections_beyond_the_limit_get_503) {
   const auto r = get(port, "/livez");
   EXPECT_EQ(status_of(r), 503) << r;
   EXPECT_EQ(body_of(r), "too many connections\n");
-  send(t.loader, 1);
-  send(t.stubborn, 3);
-  ASSERT_TRUE(t.j->wait_for("end stubborn"));
-  run.stop();
-  EXPECT_EQ(run.finish(), nullptr);
+  t.stop(run);
 }
 
 TEST(health, a_stop_closes_open_connections_at_once) {
   Tree t(HealthOptions{.request_timeout = pm::test::hang_guard});
   Running run(t.manager);
-  auto listening = t.listening.get_future();
-  ASSERT_EQ(listening.wait_for(pm::test::hang_guard), std::future_status::ready);
-  Client idle(listening.get());
+  const std::uint16_t port = t.port();
+  ASSERT_NE(port, 0);
+  Client idle(port);
   ASSERT_TRUE(idle.connected());
   idle.write("GET /livez HTTP/1.1\r\nHost: x\r\n\r\n");  // kept alive afterwards, idle
   EXPECT_EQ(status_of(idle.read_until("alive\n")), 200);
@@ -251,9 +246,9 @@ TEST(health, livez_fails_while_a_heartbeat_is_stale) {
 TEST(health, curl_sees_the_probes) {
   Tree t;
   Running run(t.manager);
-  auto listening = t.listening.get_future();
-  ASSERT_EQ(listening.wait_for(pm::test::hang_guard), std::future_status::ready);
-  const std::string base = "http://127.0.0.1:" + std::to_string(listening.get());
+  const std::uint16_t port = t.port();
+  ASSERT_NE(port, 0);
+  const std::string base = "http://127.0.0.1:" + std::to_string(port);
   send(t.loader, 1);
   ASSERT_TRUE(run.wait_ready());
   auto curl = [](const std::string& args) {

@@ -28,16 +28,13 @@ using pm::test::Journal;
 using pm::test::Probe;
 using pm::test::process_error;
 using pm::test::Running;
+using pm::test::send;
 
 RestartOptions no_backoff(RestartPolicy policy = RestartPolicy::transient) {
   RestartOptions o;
   o.policy = policy;
   o.backoff = {.initial = 0ns, .factor = 1.0, .max = 0ns, .jitter = false};
   return o;
-}
-
-void send(const std::shared_ptr<pm::Runnable>& r, int code) {
-  r->process_handle()->control(pm::RuntimeControlMessage::custom(code));
 }
 
 // ---------------------------------------------------------------- options

@@ -27,10 +27,7 @@ using pm::test::Journal;
 using pm::test::NotifyListener;
 using pm::test::Probe;
 using pm::test::Running;
-
-void send(const std::shared_ptr<pm::Runnable>& r, int code) {
-  r->process_handle()->control(pm::RuntimeControlMessage::custom(code));
-}
+using pm::test::send;
 
 std::uint64_t monotonic_usec() {
   timespec ts{};
