@@ -10,6 +10,7 @@
 #include <condition_variable>
 #include <deque>
 #include <mutex>
+#include <random>
 #include <thread>
 
 #include "log.hpp"
@@ -277,6 +278,17 @@ std::shared_ptr<Runnable> make_blocking_runnable(std::string name, std::function
   return std::make_shared<BlockingRunnable>(std::move(name), std::move(fn));
 }
 
+std::chrono::nanoseconds backoff_delay(const Backoff& backoff, std::uint32_t attempt) {
+  const double cap = static_cast<double>(backoff.max.count());
+  // pow overflows to infinity for a long run of failures; the cap holds.
+  const double scaled = static_cast<double>(backoff.initial.count()) *
+                        std::pow(backoff.factor, static_cast<double>(attempt > 0 ? attempt - 1 : 0));
+  const auto wait = static_cast<std::int64_t>(std::min(scaled, cap));
+  if (!backoff.jitter || wait <= 0) return std::chrono::nanoseconds(wait);
+  thread_local std::minstd_rand rng{std::random_device{}()};
+  return std::chrono::nanoseconds(std::uniform_int_distribution<std::int64_t>(0, wait)(rng));
+}
+
 // --------------------------------------------------------- RestartSupervisor
 
 /// Shared by the supervisor and its handle (it is the handle).
@@ -314,7 +326,6 @@ struct RestartSupervisor::State final : ProcessControlHandler {
   std::shared_ptr<ProcessControlHandler> child_handle;  // under mu
   std::atomic<std::size_t> restarts{0};
   std::atomic<std::int64_t> last_backoff_ns{0};
-  std::mt19937_64 rng{std::random_device{}()};  // jitter; used on the supervisor's strand only
 };
 
 RestartSupervisor::RestartSupervisor(std::shared_ptr<Runnable> child, RestartOptions options)
@@ -400,12 +411,7 @@ asio::awaitable<void> RestartSupervisor::process_start() {
     }
     if (now - started >= opts.reset_after) attempt = 0;
     ++attempt;
-    double scaled = static_cast<double>(opts.backoff.initial.count()) * std::pow(opts.backoff.factor, attempt - 1);
-    scaled = std::min(scaled, static_cast<double>(opts.backoff.max.count()));
-    auto backoff = std::chrono::nanoseconds(static_cast<std::int64_t>(scaled));
-    if (opts.backoff.jitter && backoff.count() > 0) {
-      backoff = std::chrono::nanoseconds(std::uniform_int_distribution<std::int64_t>(0, backoff.count())(state->rng));
-    }
+    const auto backoff = backoff_delay(opts.backoff, static_cast<std::uint32_t>(attempt));
     recent.push_back(now);
     state->restarts.fetch_add(1);
     state->last_backoff_ns.store(backoff.count());

@@ -7,7 +7,6 @@
 #include <deque>
 #include <mutex>
 #include <optional>
-#include <random>
 #include <stdexcept>
 #include <typeinfo>
 #include <utility>
@@ -795,16 +794,7 @@ class ManagerRun {
     // the child last ran reset_after without ending.
     if (now - n.run_started >= ro.reset_after) n.consecutive = 0;
     ++n.consecutive;
-    double delay = static_cast<double>(ro.backoff.initial.count());
-    for (std::uint32_t i = 1; i < n.consecutive && delay < static_cast<double>(ro.backoff.max.count()); ++i) {
-      delay *= ro.backoff.factor;
-    }
-    delay = std::min(delay, static_cast<double>(ro.backoff.max.count()));
-    if (ro.backoff.jitter && delay > 0) {
-      thread_local std::minstd_rand rng{std::random_device{}()};
-      delay = std::uniform_real_distribution<double>(0.0, delay)(rng);
-    }
-    const auto backoff = std::chrono::nanoseconds(static_cast<std::int64_t>(delay));
+    const auto backoff = backoff_delay(ro.backoff, n.consecutive);
     ++n.restarts;
     if (failed) n.last_error = e;
     Event ev;
@@ -1747,7 +1737,8 @@ std::size_t ProcessManager::running_count() const {
   std::shared_ptr<detail::ManagerRun> run;
   std::lock_guard lock(core_->mu);
   run = core_->current.lock();
-  return run ? run->live : 0;
+  // A child waiting for its restart is in the books, not running.
+  return run ? run->live - run->parked.size() : 0;
 }
 
 ProcessManagerBuilder::ProcessManagerBuilder() : grace_(default_grace), abandon_(default_abandon) {}

@@ -80,6 +80,24 @@ std::exception_ptr supervise(const std::shared_ptr<RestartSupervisor>& sup, cons
   return error;
 }
 
+TEST(backoff, grows_by_its_factor_up_to_its_cap_and_jitter_stays_within_the_wait) {
+  const pm::Backoff b{.initial = 100ms, .factor = 2.0, .max = 1s, .jitter = false};
+  const std::vector<std::chrono::nanoseconds> expected{100ms, 200ms, 400ms, 800ms, 1s, 1s};
+  for (std::uint32_t k = 1; k <= expected.size(); ++k) EXPECT_EQ(pm::backoff_delay(b, k), expected[k - 1]) << k;
+  EXPECT_EQ(pm::backoff_delay(b, 100000), 1s);  // factor^k overflows; the cap holds
+  EXPECT_EQ(pm::backoff_delay(pm::Backoff{.initial = 50ms, .factor = 1.0, .max = 1s}, 7), 50ms);
+  EXPECT_EQ(pm::backoff_delay(pm::Backoff{.initial = 0ms}, 3), 0ms);
+  const pm::Backoff jittered{.initial = 100ms, .factor = 2.0, .max = 1s, .jitter = true};
+  bool below = false;
+  for (int i = 0; i < 200; ++i) {
+    const auto d = pm::backoff_delay(jittered, 3);
+    EXPECT_GE(d.count(), 0);
+    EXPECT_LE(d, 400ms);
+    below = below || d < 400ms;
+  }
+  EXPECT_TRUE(below);  // full jitter: 200 draws from [0, 400 ms] are not all the maximum
+}
+
 TEST(restart_supervisor, restarts_a_failing_child_with_exponential_backoff) {
   auto child = std::make_shared<Flaky>(3);
   auto sup = std::make_shared<RestartSupervisor>(child, fast());

@@ -342,6 +342,27 @@ TEST(strategy, one_for_one_restarts_only_the_failed_child) {
   EXPECT_EQ(run.finish(), nullptr);
 }
 
+TEST(strategy, a_child_waiting_for_its_restart_is_counted_but_not_running) {
+  auto j = std::make_shared<Journal>();
+  auto crashy = std::make_shared<Probe>("crashy", j, Behaviour{.fail_first_runs = 1});
+  auto steady = std::make_shared<Probe>("steady", j);
+  EventRecorder rec;
+  const RestartOptions slow{.policy = RestartPolicy::permanent, .backoff = {.initial = std::chrono::hours(1)}};
+  auto m = ProcessManagerBuilder()
+               .name("m")
+               .strategy(Strategy::one_for_one)
+               .on_event(rec.hook())
+               .pre_insert(crashy, ChildOptions{.restart = slow})
+               .pre_insert(steady)
+               .build();
+  Running run(m);
+  ASSERT_TRUE(rec.wait_for([](const pm::Event& e) { return e.kind == EventKind::restart; }));
+  EXPECT_EQ(m->child_count(), 2u);
+  EXPECT_EQ(m->running_count(), 1u);  // crashy waits an hour for its restart
+  run.stop();
+  EXPECT_EQ(run.finish(), nullptr);
+}
+
 TEST(strategy, one_for_all_stops_the_others_and_restarts_all) {
   Trio t;
   auto m = t.build(Strategy::one_for_all);

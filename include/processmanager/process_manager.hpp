@@ -183,7 +183,7 @@ class ProcessManager : public Runnable {
   /// Children in the books: the running ones, plus those that finished
   /// normally when auto_cleanup is off.
   std::size_t child_count() const;
-  /// Children that are running now.
+  /// Children that are running now (not those waiting for a restart).
   std::size_t running_count() const;
 
  private:

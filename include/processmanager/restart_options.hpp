@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 
 namespace pm {
 
@@ -33,5 +34,11 @@ struct RestartOptions {
   std::size_t max_restarts = 3;
   std::chrono::nanoseconds window = std::chrono::seconds(5);  ///< the period max_restarts counts over
 };
+
+/// The wait before restart number `attempt` (1 for the first since the
+/// child last ran `reset_after`): initial * factor^(attempt-1), capped at
+/// max; with jitter, a uniformly random time in [0, that]. What both
+/// RestartSupervisor and a restarting manager wait.
+std::chrono::nanoseconds backoff_delay(const Backoff& backoff, std::uint32_t attempt);
 
 }  // namespace pm
