@@ -656,8 +656,10 @@ TEST(heartbeat, a_child_that_does_not_beat_within_its_timeout_is_reported_stale)
                .build();
   Running run(m);
   ASSERT_TRUE(run.wait_ready());
-  // Time is the subject here: 30 ms from now at least 20 ms have passed
-  // since 'silent' started, and it has not beaten.
+  // Time is the subject here, and status() is a snapshot with no event to
+  // wait for: this sleep only bounds the elapsed time from below (at least
+  // 20 ms since 'silent' started, without a beat), so no machine is too slow
+  // for it. It synchronises with no other thread.
   std::this_thread::sleep_for(30ms);
   auto st = m->status();
   EXPECT_EQ(pm::stale_paths(st), std::vector<std::string>{"m/silent"});
