@@ -150,14 +150,10 @@ class BlockingState final : public ProcessControlHandler, public std::enable_sha
     cv.notify_all();
   }
 
-  std::optional<std::chrono::steady_clock::time_point> last_heartbeat() const override {
-    const auto ns = beat_ns.load(std::memory_order_relaxed);
-    if (ns == 0) return std::nullopt;
-    return std::chrono::steady_clock::time_point(std::chrono::steady_clock::duration(ns));
-  }
+  std::optional<std::chrono::steady_clock::time_point> last_heartbeat() const override { return heartbeat.last(); }
 
   const std::string name;
-  std::atomic<std::chrono::steady_clock::rep> beat_ns{0};  // 0: never beaten
+  Heartbeat heartbeat;
   std::mutex mu;
   std::condition_variable_any cv;
   std::deque<RuntimeControlMessage> inbox;
@@ -210,9 +206,7 @@ std::optional<RuntimeControlMessage> BlockingContext::next_control(duration time
 
 const std::string& BlockingContext::name() const noexcept { return state_->name; }
 
-void BlockingContext::heartbeat() noexcept {
-  state_->beat_ns.store(std::chrono::steady_clock::now().time_since_epoch().count(), std::memory_order_relaxed);
-}
+void BlockingContext::heartbeat() noexcept { state_->heartbeat.beat(); }
 
 namespace {
 

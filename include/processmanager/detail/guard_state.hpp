@@ -2,12 +2,14 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <exception>
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -32,6 +34,24 @@ namespace pm::detail {
 /// private member, and the static_assert above pins the Asio versions whose
 /// layout was checked.
 asio::cancellation_signal* relay_signal_of(const asio::cancellation_state& state) noexcept;
+
+/// When a service last said it is alive: one relaxed store to beat, one
+/// load to read; shared by the guard's and the blocking service's handles.
+class Heartbeat {
+ public:
+  void beat() noexcept {
+    ns_.store(std::chrono::steady_clock::now().time_since_epoch().count(), std::memory_order_relaxed);
+  }
+  /// nullopt until the first beat.
+  std::optional<std::chrono::steady_clock::time_point> last() const noexcept {
+    const auto ns = ns_.load(std::memory_order_relaxed);
+    if (ns == 0) return std::nullopt;
+    return std::chrono::steady_clock::time_point(std::chrono::steady_clock::duration(ns));
+  }
+
+ private:
+  std::atomic<std::chrono::steady_clock::rep> ns_{0};
+};
 
 /// Someone told when a service becomes ready (a supervisor's record of its
 /// child). Held weakly by the guard: the watcher may go first.
@@ -74,14 +94,8 @@ class GuardState final : public ProcessControlHandler, public std::enable_shared
   /// The ticker alone no longer makes the service ready.
   void defer_readiness();
   /// The service says it is alive: one relaxed store, any thread.
-  void beat() noexcept {
-    beat_ns_.store(std::chrono::steady_clock::now().time_since_epoch().count(), std::memory_order_relaxed);
-  }
-  std::optional<std::chrono::steady_clock::time_point> last_heartbeat() const override {
-    const auto ns = beat_ns_.load(std::memory_order_relaxed);
-    if (ns == 0) return std::nullopt;
-    return std::chrono::steady_clock::time_point(std::chrono::steady_clock::duration(ns));
-  }
+  void beat() noexcept { heartbeat_.beat(); }
+  std::optional<std::chrono::steady_clock::time_point> last_heartbeat() const override { return heartbeat_.last(); }
 
   /// Registers the live ticker; throws std::logic_error if one is alive.
   void attach(const asio::any_io_executor& ex);
@@ -113,7 +127,7 @@ class GuardState final : public ProcessControlHandler, public std::enable_shared
   void notify_ready(bool declared);
 
   const std::string name_;
-  std::atomic<std::chrono::steady_clock::rep> beat_ns_{0};  // 0: never beaten
+  Heartbeat heartbeat_;
 
   mutable std::mutex mu_;
   // A FIFO: the oldest message inline, the rest in a vector read from
