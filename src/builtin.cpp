@@ -4,6 +4,7 @@
 #include <processmanager/builtin/idle.hpp>
 #include <processmanager/builtin/restart.hpp>
 #include <processmanager/builtin/signals.hpp>
+#include <processmanager/detail/guard_state.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -120,9 +121,16 @@ namespace detail {
 
 /// A blocking service's inbox and stop source, shared by its runnable, its
 /// handle (it is the handle) and its thread's context.
-class BlockingState final : public ProcessControlHandler, public std::enable_shared_from_this<BlockingState> {
+class BlockingState final : public ProcessControlHandler,
+                            public RunScoped,
+                            public std::enable_shared_from_this<BlockingState> {
  public:
   explicit BlockingState(std::string n) : name(std::move(n)) {}
+
+  void forget_shutdown() override {
+    std::lock_guard lock(mu);
+    inbox.erase(std::remove_if(inbox.begin(), inbox.end(), [](const auto& m) { return m.is_shutdown(); }), inbox.end());
+  }
 
   void control(RuntimeControlMessage msg) override {
     {
@@ -272,21 +280,18 @@ std::shared_ptr<Runnable> make_blocking_runnable(std::string name, std::function
   return std::make_shared<BlockingRunnable>(std::move(name), std::move(fn));
 }
 
-std::chrono::nanoseconds backoff_delay(const Backoff& backoff, std::uint32_t attempt) {
-  const double cap = static_cast<double>(backoff.max.count());
-  // pow overflows to infinity for a long run of failures; the cap holds.
-  const double scaled = static_cast<double>(backoff.initial.count()) *
-                        std::pow(backoff.factor, static_cast<double>(attempt > 0 ? attempt - 1 : 0));
-  const auto wait = static_cast<std::int64_t>(std::min(scaled, cap));
-  if (!backoff.jitter || wait <= 0) return std::chrono::nanoseconds(wait);
-  thread_local std::minstd_rand rng{std::random_device{}()};
-  return std::chrono::nanoseconds(std::uniform_int_distribution<std::int64_t>(0, wait)(rng));
-}
-
 // --------------------------------------------------------- RestartSupervisor
 
-/// Shared by the supervisor and its handle (it is the handle).
-struct RestartSupervisor::State final : ProcessControlHandler {
+/// Shared by the supervisor and its handle (it is the handle). It relays
+/// its child's readiness to whoever supervises it, and withdraws it when
+/// the child ends, so that a supervised child reads the same (ready,
+/// running, restarting) as one a manager restarts itself.
+struct RestartSupervisor::State final : ProcessControlHandler,
+                                        detail::ReadinessTarget,
+                                        detail::ReadinessSource,
+                                        detail::RunScoped,
+                                        detail::Supervising,
+                                        std::enable_shared_from_this<RestartSupervisor::State> {
   explicit State(std::string n) : name(std::move(n)) {}
 
   void control(RuntimeControlMessage msg) override {
@@ -305,12 +310,77 @@ struct RestartSupervisor::State final : ProcessControlHandler {
   // The child's heartbeat is ours: a restarted child starts a fresh clock
   // only once it beats again, which is what a watchdog wants to see.
   std::optional<std::chrono::steady_clock::time_point> last_heartbeat() const override {
+    auto child = supervised_handle();
+    return child ? child->last_heartbeat() : std::nullopt;
+  }
+
+  bool watch_readiness(std::function<void(bool)> on_ready) override {
+    std::lock_guard lock(mu);
+    watcher_fn = std::move(on_ready);
+    watcher.reset();
+    return true;
+  }
+  void watch_target(std::weak_ptr<detail::ReadinessTarget> target) override {
+    std::lock_guard lock(mu);
+    watcher = std::move(target);
+    watcher_fn = nullptr;
+  }
+  void forget_shutdown() override {
     std::shared_ptr<ProcessControlHandler> child;
     {
       std::lock_guard lock(mu);
+      stopping = false;
       child = child_handle;
     }
-    return child ? child->last_heartbeat() : std::nullopt;
+    if (auto* scoped = dynamic_cast<detail::RunScoped*>(child.get())) scoped->forget_shutdown();
+  }
+  std::shared_ptr<ProcessControlHandler> supervised_handle() const override {
+    std::lock_guard lock(mu);
+    return child_handle;
+  }
+  std::size_t supervised_restarts() const noexcept override { return restarts.load(); }
+
+  // From the child's handle, relayed upwards (never under our lock).
+  void on_ready(bool declared) override {
+    std::shared_ptr<detail::ReadinessTarget> target;
+    std::function<void(bool)> fn;
+    {
+      std::lock_guard lock(mu);
+      target = watcher.lock();
+      fn = watcher_fn;
+    }
+    if (target) target->on_ready(declared);
+    if (fn) fn(declared);
+  }
+  void on_running() override {
+    std::shared_ptr<detail::ReadinessTarget> target;
+    {
+      std::lock_guard lock(mu);
+      target = watcher.lock();
+    }
+    if (target) target->on_running();
+  }
+  void on_unready() override {
+    std::shared_ptr<detail::ReadinessTarget> target;
+    {
+      std::lock_guard lock(mu);
+      target = watcher.lock();
+    }
+    if (target) target->on_unready();
+  }
+
+  /// Wires the child's handle for this run: its readiness comes to us.
+  /// Returns false when the handle cannot report readiness (then running
+  /// is ready, as under a manager).
+  bool relay_from(const std::shared_ptr<ProcessControlHandler>& child) {
+    std::weak_ptr<detail::ReadinessTarget> self = std::static_pointer_cast<detail::ReadinessTarget>(shared_from_this());
+    if (auto* source = dynamic_cast<detail::ReadinessSource*>(child.get())) {
+      source->watch_target(self);
+      return true;
+    }
+    return child->watch_readiness([self](bool declared) {
+      if (auto s = self.lock()) s->on_ready(declared);
+    });
   }
 
   const std::string name;
@@ -318,6 +388,8 @@ struct RestartSupervisor::State final : ProcessControlHandler {
   bool stopping = false;                                // under mu
   asio::steady_timer* timer = nullptr;                  // under mu: the pending backoff wait
   std::shared_ptr<ProcessControlHandler> child_handle;  // under mu
+  std::weak_ptr<detail::ReadinessTarget> watcher;       // under mu
+  std::function<void(bool)> watcher_fn;                 // under mu
   std::atomic<std::size_t> restarts{0};
   std::atomic<std::int64_t> last_backoff_ns{0};
 };
@@ -326,12 +398,7 @@ RestartSupervisor::RestartSupervisor(std::shared_ptr<Runnable> child, RestartOpt
     : child_(std::move(child)), options_(options) {
   if (!child_) throw std::invalid_argument("RestartSupervisor: the child is null");
   const auto name = child_->process_name();
-  if (options_.backoff.factor < 1.0 || options_.backoff.initial.count() < 0 ||
-      options_.backoff.max < options_.backoff.initial || options_.window.count() <= 0) {
-    throw std::invalid_argument(
-        "RestartSupervisor of '" + name +
-        "': backoff needs factor >= 1 and 0 <= initial <= max, and the window must be positive");
-  }
+  validate(options_, "RestartSupervisor of '" + name + "'");
   state_ = std::make_shared<State>(name);
 }
 
@@ -366,15 +433,24 @@ asio::awaitable<void> RestartSupervisor::process_start() {
     }
   } end_of_run{*state};
 
-  std::deque<clock::time_point> recent;  // restarts within the window
-  int attempt = 0;
+  RestartIntensity intensity(opts.max_restarts, opts.window);
+  std::uint32_t attempt = 0;
+  bool first = true;
   for (;;) {
     auto handle = child->process_handle();
+    if (!handle) throw std::invalid_argument("RestartSupervisor of '" + state->name + "': null process_handle()");
+    // A shutdown sent to the run that ended must not stop this one.
+    if (!first) {
+      if (auto* scoped = dynamic_cast<detail::RunScoped*>(handle.get())) scoped->forget_shutdown();
+    }
+    first = false;
+    const bool reports = state->relay_from(handle);
     {
       std::lock_guard lock(state->mu);
       state->child_handle = handle;
       if (state->stopping) co_return;
     }
+    if (!reports) state->on_ready(false);
     const auto started = clock::now();
     std::exception_ptr error;
     try {
@@ -382,6 +458,7 @@ asio::awaitable<void> RestartSupervisor::process_start() {
     } catch (...) {
       error = std::current_exception();
     }
+    state->on_unready();  // ended: not ready while it waits or gives up
     const asio::cancellation_state cs = co_await asio::this_coro::cancellation_state;
     bool stopping = false;
     {
@@ -395,18 +472,15 @@ asio::awaitable<void> RestartSupervisor::process_start() {
     }
 
     const auto now = clock::now();
-    while (!recent.empty() && now - recent.front() > opts.window) recent.pop_front();
-    if (recent.size() >= opts.max_restarts) {
-      const std::string reason = "restart intensity exceeded (" + std::to_string(recent.size()) + " restarts within " +
-                                 millis(opts.window) + "); gave up";
-      log_line(LogLevel::error, state->name, reason);
+    if (!intensity.record(now)) {
+      const std::string reason = intensity.exceeded();
+      log_line(LogLevel::error, state->name, reason + "; gave up");
       if (!error) error = std::make_exception_ptr(std::runtime_error("ended normally (permanent restart policy)"));
       throw ProcessError(state->name, error, {}, reason);
     }
     if (now - started >= opts.reset_after) attempt = 0;
     ++attempt;
-    const auto backoff = backoff_delay(opts.backoff, static_cast<std::uint32_t>(attempt));
-    recent.push_back(now);
+    const auto backoff = backoff_delay(opts.backoff, attempt);
     state->restarts.fetch_add(1);
     state->last_backoff_ns.store(backoff.count());
     log_line(LogLevel::warn, state->name,

@@ -1,6 +1,6 @@
 #include <processmanager/process_manager.hpp>
 
-#include <processmanager/builtin/restart.hpp>
+#include <processmanager/detail/guard_state.hpp>
 
 #include <algorithm>
 #include <atomic>
@@ -9,8 +9,11 @@
 #include <optional>
 #include <stdexcept>
 #include <typeinfo>
+#include <unordered_set>
 #include <utility>
 
+#include "core/deadline.hpp"
+#include "core/waiter.hpp"
 #include "log.hpp"
 
 namespace pm {
@@ -18,6 +21,7 @@ namespace pm {
 namespace {
 
 using clock = std::chrono::steady_clock;
+using detail::sat_add;
 constexpr std::chrono::nanoseconds default_grace = std::chrono::seconds(30);
 constexpr std::chrono::nanoseconds default_abandon = std::chrono::seconds(5);
 
@@ -122,33 +126,43 @@ sys_clock::time_point now_us() {
   return std::chrono::time_point_cast<std::chrono::microseconds>(sys_clock::now());
 }
 
-/// One started child. Owned by its completion handler (and briefly by
-/// whoever posts to its strand); the run's list holds plain pointers to the
-/// live ones, unlinked under the manager's lock before the node can die.
+/// One started child. The run owns the linked ones (`keep`, a reference
+/// to itself that unlinking hands back to be released after the lock); its
+/// completion handler owns it while its coroutine lives, so that the
+/// cancellation signal outlives the coroutine. It refers to its run weakly:
+/// nothing a child holds keeps a run (and so its other children) alive,
+/// and its destructor takes no lock.
 struct ChildNode final : ReadinessTarget, std::enable_shared_from_this<ChildNode> {
-  ChildNode(std::shared_ptr<Runnable> r, std::shared_ptr<ProcessControlHandler> h,
-            std::unique_ptr<asio::any_io_executor> s, std::shared_ptr<ManagerRun> run_,
+  ChildNode(std::shared_ptr<Runnable> r, std::shared_ptr<ProcessControlHandler> h, std::string n,
+            std::unique_ptr<asio::any_io_executor> s, const std::shared_ptr<ManagerRun>& run_, asio::any_io_executor b,
             std::shared_ptr<const ChildOptions> o)
       : runnable(std::move(r)),
         handle(std::move(h)),
+        name(std::move(n)),
         strand(std::move(s)),
-        run(std::move(run_)),
+        run(run_),
+        base(std::move(b)),
         options(std::move(o)) {}
   void on_ready(bool declared) override;
   void on_unready() override;
+  void on_running() override;
   /// Where its coroutine runs: its strand, or the manager's base executor
   /// when that runs on one thread.
-  const asio::any_io_executor& executor() const;
-  ~ChildNode();
+  const asio::any_io_executor& executor() const { return strand ? *strand : base; }
+  ~ChildNode() = default;
   ChildNode(const ChildNode&) = delete;
   ChildNode& operator=(const ChildNode&) = delete;
 
   std::shared_ptr<Runnable> runnable;
   std::shared_ptr<ProcessControlHandler> handle;
+  const std::string name;                         // taken once, before it was linked: no user code under the lock
   std::unique_ptr<asio::any_io_executor> strand;  // null: the run's base serialises already
   asio::cancellation_signal cancel;               // the child coroutine's parent slot
-  std::shared_ptr<ManagerRun> run;
+  std::weak_ptr<ManagerRun> run;
+  asio::any_io_executor base;
   std::shared_ptr<const ChildOptions> options;  // null: the defaults
+  std::shared_ptr<ChildNode> keep;              // under the lock: the run's ownership while linked
+  std::optional<RestartIntensity> intensity;    // its own limit when restarted under stop_all
 
   bool done = false;  // strand-local
 
@@ -173,33 +187,62 @@ struct ChildNode final : ReadinessTarget, std::enable_shared_from_this<ChildNode
   std::exception_ptr last_error{};
 
   /// Whether it runs with a heartbeat older than its heartbeat_timeout (the
-  /// clock starting at its start). Under the manager's lock.
-  bool stale(clock::time_point now) const {
+  /// clock starting at its start), given its handle's last beat, read
+  /// outside the lock. Under the manager's lock.
+  bool stale(clock::time_point now, std::optional<clock::time_point> beat) const {
     if (!options || !options->heartbeat_timeout || parked) return false;
     if (state != ChildState::running && state != ChildState::ready && state != ChildState::starting) return false;
     auto last = run_started;
-    if (const auto beat = handle->last_heartbeat(); beat && *beat > last) last = *beat;
+    if (beat && *beat > last) last = *beat;
     return now - last > *options->heartbeat_timeout;
   }
   std::chrono::nanoseconds timeout_or(std::chrono::nanoseconds grace) const {
     return options && options->shutdown_timeout ? *options->shutdown_timeout : grace;
   }
-  std::string name() const {
-    try {
-      return runnable->process_name();
-    } catch (...) {
-      return "<unnamed>";
-    }
-  }
+  /// Its coroutine has ended (and it is not running again yet). A child
+  /// can be `failed` while it still runs (a start timeout): that one is
+  /// told to stop like any other.
+  bool exited = false;
 };
 
-/// Someone waiting in wait_ready().
-struct ReadyWaiter {
-  explicit ReadyWaiter(const asio::any_io_executor& ex) : timer(ex) {}
-  asio::steady_timer timer;
-  bool done = false;  // under the core's lock
-  bool result = false;
+/// A runnable's name; user code, so never called under a library lock.
+std::string name_of(const Runnable& r) {
+  try {
+    return r.process_name();
+  } catch (...) {
+    return "<unnamed>";
+  }
+}
+
+/// Where a manager sits in its tree: its name and its parent's link. Shared
+/// and immutable, so that a tree thousands of levels deep stores each name
+/// once (not a prefix string per level) and a full path is built only when
+/// an event or a log line needs it.
+struct PathLink {
+  std::shared_ptr<const PathLink> up;
+  std::string name;
 };
+
+/// "root/db/writer" for a link and the names below it.
+std::string join_path(const PathLink* link, std::string_view tail = {}) {
+  std::vector<const std::string*> names;
+  std::size_t size = tail.empty() ? 0 : tail.size() + 1;
+  for (; link != nullptr; link = link->up.get()) {
+    names.push_back(&link->name);
+    size += link->name.size() + 1;
+  }
+  std::string out;
+  out.reserve(size);
+  for (auto it = names.rbegin(); it != names.rend(); ++it) {
+    if (!out.empty()) out += '/';
+    out += **it;
+  }
+  if (!tail.empty()) {
+    out += '/';
+    out += tail;
+  }
+  return out;
+}
 
 /// The manager's shared state: its children, its current run, the messages
 /// sent while it is not running.
@@ -225,10 +268,20 @@ class ManagerCore final : public std::enable_shared_from_this<ManagerCore> {
         strategy(c.strategy),
         max_restarts(c.max_restarts),
         window(c.window),
-        hook(std::move(c.hook)) {}
+        hook(std::move(c.hook)),
+        where(std::make_shared<const PathLink>(PathLink{nullptr, name})) {}
+  ~ManagerCore();
+  ManagerCore(const ManagerCore&) = delete;
+  ManagerCore& operator=(const ManagerCore&) = delete;
 
-  void control(RuntimeControlMessage msg);
+  /// Hands `msg` to every child (or keeps it for the next run). With
+  /// `awaited`, a reload goes by control() only to guards' handles; the
+  /// other handles (nested managers, user handles that may override
+  /// reload()) are listed there for the caller to await their reload().
+  void control(RuntimeControlMessage msg, std::vector<std::shared_ptr<ProcessControlHandler>>* awaited = nullptr);
   asio::awaitable<void> shutdown();
+  /// Completes once every child's handle has reloaded, all awaited at once.
+  asio::awaitable<void> reload();
 
   /// Whether state-change events need building: someone listens, or debug
   /// logging is on. Warnings and errors are always built (they are logged).
@@ -241,7 +294,7 @@ class ManagerCore final : public std::enable_shared_from_this<ManagerCore> {
   /// Queues an event about the manager itself, for observe() only; under `mu`.
   void queue_self(Event ev) {
     if (!observers || observers->empty()) return;
-    ev.path = prefix + name;
+    ev.path = join_path(where.get());
     events.emplace_back(std::move(ev), Origin::self);
     has_events.store(true, std::memory_order_release);
   }
@@ -249,11 +302,18 @@ class ManagerCore final : public std::enable_shared_from_this<ManagerCore> {
   /// Whoever queued an event calls it after unlocking, so a stale "none"
   /// here only means another thread's flush delivers it.
   void flush() {
-    if (has_events.load(std::memory_order_acquire)) flush_queued();
+    if (!has_events.load(std::memory_order_acquire)) return;
+    // Up the tree with a loop, not recursion: a nested manager's flush
+    // hands its events to its parent, whose flush is next.
+    for (auto up = flush_queued(); up;) up = up->flush_queued();
   }
-  void flush_queued();
+  /// Delivers what is queued; returns the parent to flush next when events
+  /// were passed up to it.
+  std::shared_ptr<ManagerCore> flush_queued();
   /// The full path of a child, for events and logs. Under `mu`.
-  std::string event_path(const std::string& child) const { return prefix + name + "/" + child; }
+  std::string event_path(const std::string& child) const { return join_path(where.get(), child); }
+  /// The manager's own full path. Under `mu`.
+  std::string own_path() const { return join_path(where.get()); }
   /// Sets the manager's own state; under `mu`.
   void set_self(ChildState s) {
     const ChildState previous = self_state;
@@ -285,17 +345,19 @@ class ManagerCore final : public std::enable_shared_from_this<ManagerCore> {
   std::weak_ptr<ManagerRun> current;
   std::deque<RuntimeControlMessage> pending;  // sent while not running
   std::size_t finished_kept = 0;              // finished children kept (auto_cleanup off)
+  std::uint64_t runs = 0;                     // process_start() calls so far
   bool ready = false;                         // every child ready, not stopping
   bool finished = false;                      // a run ended and no other began
   ChildState self_state = ChildState::stopped;
   sys_clock::time_point self_since{};
   std::string self_error;
-  std::function<void(bool)> ready_watch;        // watch_readiness() on our handle
-  std::weak_ptr<ReadinessTarget> ready_target;  // our node in a parent manager
-  std::string prefix;                           // "app/" when we run as a child of "app"
-  std::vector<std::shared_ptr<ReadyWaiter>> ready_waiters;
-  std::weak_ptr<ManagerCore> parent;  // set while we run as a child of another manager
-  std::atomic<bool> forward{false};   // the parent observes: pass our events up
+  std::function<void(bool)> ready_watch;               // watch_readiness() on our handle
+  std::weak_ptr<ReadinessTarget> ready_target;         // our node in a parent manager
+  std::shared_ptr<const PathLink> where;               // our place: "app/<name>" when we run as a child of "app"
+  std::vector<std::shared_ptr<Waiter>> ready_waiters;  // in wait_ready()
+  std::weak_ptr<ManagerCore> parent;                   // set while we run as a child of another manager
+  std::weak_ptr<ManagerCore> owner;                    // the manager we were inserted into (one tree only)
+  std::atomic<bool> forward{false};                    // the parent observes: pass our events up
 
   // Who an event is for: ours (log, hook, parent), a nested manager's
   // (logged already), or about the manager itself (observers only).
@@ -307,16 +369,18 @@ class ManagerCore final : public std::enable_shared_from_this<ManagerCore> {
   std::atomic<bool> watched{false};     // observers is not empty: spares control() a lock
   std::atomic<bool> has_events{false};  // lets flush() skip the lock when idle
   bool dispatching = false;
+  std::vector<std::shared_ptr<Waiter>> drained;  // told once nothing is queued or being delivered
 };
 
-void ManagerCore::flush_queued() {
+std::shared_ptr<ManagerCore> ManagerCore::flush_queued() {
+  std::shared_ptr<ManagerCore> passed_up;
   for (;;) {
     std::vector<std::pair<Event, Origin>> batch;
     std::shared_ptr<ManagerCore> up;
     std::shared_ptr<const Observers> watchers;
     {
       std::lock_guard lock(mu);
-      if (dispatching || events.empty()) return;
+      if (dispatching || events.empty()) return passed_up;
       dispatching = true;
       batch.swap(events);
       has_events.store(false, std::memory_order_relaxed);
@@ -352,13 +416,41 @@ void ManagerCore::flush_queued() {
         up->queue(ev, true);  // its path is full already
       }
     }
-    if (up) up->flush();
+    if (up) passed_up = std::move(up);
+    std::vector<std::shared_ptr<Waiter>> done;
     {
       std::lock_guard lock(mu);
       dispatching = false;
-      if (events.empty()) return;
+      if (events.empty()) {
+        done.swap(drained);
+      }
     }
+    // A run that ended while we delivered completes now: its caller sees
+    // every event of it delivered.
+    for (auto& w : done) w->complete(true);
+    if (done.empty() && !has_events.load(std::memory_order_acquire)) return passed_up;
   }
+}
+
+ManagerCore::~ManagerCore() {
+  // A chain of nested managers thousands deep would destroy itself by
+  // recursion (core, its children, their cores, ...): the children are
+  // let go here one level at a time instead.
+  using Children = std::vector<std::pair<std::shared_ptr<Runnable>, std::shared_ptr<const ChildOptions>>>;
+  thread_local std::vector<Children>* graveyard = nullptr;
+  if (graveyard != nullptr) {
+    graveyard->push_back(std::move(inserted));
+    return;
+  }
+  std::vector<Children> pending_graves;
+  pending_graves.push_back(std::move(inserted));
+  graveyard = &pending_graves;
+  while (!pending_graves.empty()) {
+    Children last = std::move(pending_graves.back());
+    pending_graves.pop_back();
+    last.clear();  // may push more
+  }
+  graveyard = nullptr;
 }
 
 /// Tells a nested manager (our child) its place in the tree: the path
@@ -371,23 +463,64 @@ void attach_parent(ManagerCore& nested, const std::shared_ptr<ManagerCore>& pare
 /// its own manager's handle (to stop the tree, say) must not keep the
 /// manager, and so itself, alive forever. Once the manager is gone the
 /// handle does nothing.
-class ManagerHandle final : public ProcessControlHandler {
+class ManagerHandle final : public ProcessControlHandler, public RunScoped {
  public:
   explicit ManagerHandle(const std::shared_ptr<ManagerCore>& core) : core_(core) {}
   void control(RuntimeControlMessage msg) override {
-    if (auto core = core_.lock()) core->control(std::move(msg));
+    auto core = core_.lock();
+    if (!core) return;
+    // A message goes down a tree through each nested manager's handle. On
+    // a tree thousands of levels deep that recursion would exhaust the
+    // stack: past a modest depth, this thread queues the rest, and the
+    // outermost call hands them on one by one (in order, each to its
+    // manager, which passes it on in turn).
+    struct Relay {
+      int depth = 0;
+      std::deque<std::pair<std::shared_ptr<ManagerCore>, RuntimeControlMessage>> queued;
+    };
+    thread_local Relay relay;
+    constexpr int max_depth = 32;
+    if (relay.depth >= max_depth) {
+      relay.queued.emplace_back(std::move(core), std::move(msg));
+      return;
+    }
+    struct Depth {
+      int& d;
+      explicit Depth(int& x) : d(x) { ++d; }
+      ~Depth() { --d; }
+      Depth(const Depth&) = delete;
+      Depth& operator=(const Depth&) = delete;
+    };
+    {
+      Depth in(relay.depth);
+      core->control(std::move(msg));
+    }
+    if (relay.depth != 0) return;
+    while (!relay.queued.empty()) {
+      auto [next, queued_msg] = std::move(relay.queued.front());
+      relay.queued.pop_front();
+      Depth in(relay.depth);
+      next->control(std::move(queued_msg));
+    }
   }
   asio::awaitable<void> shutdown() override {
     auto core = core_.lock();
     if (core) co_await core->shutdown();
   }
   asio::awaitable<void> reload() override {
-    // control() reaches every running service of the subtree synchronously
-    // (each child's inbox, recursively), so the broadcast is complete here.
-    control(RuntimeControlMessage::reload());
-    co_return;
+    auto core = core_.lock();
+    if (core) co_await core->reload();
   }
   std::shared_ptr<ManagerCore> core() const { return core_.lock(); }
+  /// A stop kept for the next run, sent while none ran, is dropped.
+  void forget_shutdown() override {
+    auto core = core_.lock();
+    if (!core) return;
+    std::lock_guard lock(core->mu);
+    auto& p = core->pending;
+    p.erase(std::remove_if(p.begin(), p.end(), [](const RuntimeControlMessage& m) { return m.is_shutdown(); }),
+            p.end());
+  }
   bool watch_readiness(std::function<void(bool)> on_ready) override {
     auto core = core_.lock();
     if (!core) return false;
@@ -403,9 +536,9 @@ class ManagerHandle final : public ProcessControlHandler {
 /// Whom to tell that the manager's readiness changed (rarely set).
 struct ReadyChange {
   bool ready = false;
-  std::function<void(bool)> watch;          // told only when it becomes ready
-  std::shared_ptr<ReadinessTarget> target;  // our node in a parent: told both ways
-  std::vector<std::shared_ptr<ReadyWaiter>> waiters;
+  std::function<void(bool)> watch;               // told only when it becomes ready
+  std::shared_ptr<ReadinessTarget> target;       // our node in a parent: told both ways
+  std::vector<std::shared_ptr<Waiter>> waiters;  // completed with `ready`
 };
 using ReadyNotice = std::optional<ReadyChange>;
 
@@ -426,7 +559,21 @@ struct Actions {
 /// is still there, not into the next one.
 class ManagerRun {
  public:
-  ManagerRun(std::shared_ptr<ManagerCore> c, asio::any_io_executor b) : core(std::move(c)), base(std::move(b)) {}
+  ManagerRun(std::shared_ptr<ManagerCore> c, asio::any_io_executor b)
+      : core(std::move(c)), base(std::move(b)), intensity(core->max_restarts, core->window) {}
+  /// Reached when the run's frame is destroyed unfinished (its io_context
+  /// torn down): the children it still owns are let go. No lock: nothing
+  /// else can reach the run any more.
+  ~ManagerRun() {
+    for (ChildNode* n = head; n != nullptr;) {
+      ChildNode* next = n->next;
+      n->linked = false;
+      auto keep = std::move(n->keep);  // may destroy n
+      n = next;
+    }
+  }
+  ManagerRun(const ManagerRun&) = delete;
+  ManagerRun& operator=(const ManagerRun&) = delete;
 
   const std::shared_ptr<ManagerCore> core;
   const asio::any_io_executor base;
@@ -450,21 +597,26 @@ class ManagerRun {
   std::vector<std::string> not_stopped;
   asio::steady_timer* timer = nullptr;
   bool wake = false;
-  std::vector<std::pair<asio::any_io_executor, asio::any_completion_handler<void()>>> stopped_waiters;
+  std::vector<std::shared_ptr<Waiter>> stopped_waiters;  // in shutdown()
   // Sequential start: the children still to start, and the one whose
   // readiness the next start waits for.
   std::deque<std::pair<std::shared_ptr<Runnable>, std::shared_ptr<const ChildOptions>>> to_start;
-  std::shared_ptr<ChildNode> awaiting;
+  ChildNode* awaiting = nullptr;  // linked, or null: unlinking clears it
+  // Children taken off to_start (or a restart list) that are not linked
+  // yet: the manager is not ready while one is on its way.
+  std::size_t pending_starts = 0;
   std::deque<RuntimeControlMessage> initial;  // kept messages, for children started later
   // Restarting strategies.
-  std::vector<std::shared_ptr<ChildNode>> parked;  // ended children waiting for their restart (mark = when)
-  std::size_t group_running = 0;                   // group members told to stop and still running
-  clock::time_point group_restart_at{};            // when the current group restarts
-  std::deque<clock::time_point> restart_times;     // within the intensity window
+  std::vector<ChildNode*> parked;        // ended children waiting for their restart (mark = when); linked
+  std::size_t group_running = 0;         // group members told to stop and still running
+  clock::time_point group_restart_at{};  // when the current group restarts
+  RestartIntensity intensity;            // the manager's, under a restarting strategy
 
   bool sequential() const { return core->order == StartOrder::sequential; }
 
-  void link(ChildNode& n) {
+  void link(const std::shared_ptr<ChildNode>& node) {
+    ChildNode& n = *node;
+    n.keep = node;
     n.prev = tail;
     if (tail != nullptr) tail->next = &n;
     tail = &n;
@@ -473,8 +625,11 @@ class ManagerRun {
     ++live;
     if (n.options && (n.options->shutdown_timeout || n.options->start_timeout)) ++special;
   }
-  void unlink(ChildNode& n) {
-    if (!n.linked) return;
+  /// Takes `n` off the books; returns the run's reference to it, to be
+  /// released after the lock (its destructor may run user code).
+  [[nodiscard]] std::shared_ptr<ChildNode> unlink(ChildNode& n) {
+    if (!n.linked) return nullptr;
+    if (awaiting == &n) awaiting = nullptr;
     if (n.prev != nullptr) n.prev->next = n.next;
     if (n.next != nullptr) n.next->prev = n.prev;
     if (head == &n) head = n.next;
@@ -484,6 +639,7 @@ class ManagerRun {
     --live;
     if (n.ready) --ready_count;
     if (n.options && (n.options->shutdown_timeout || n.options->start_timeout)) --special;
+    return std::move(n.keep);
   }
   /// Wakes the run's loop; call with core->mu held.
   void poke() {
@@ -508,13 +664,15 @@ class ManagerRun {
     ev.previous = from;
     ev.cause = std::move(cause);
     ev.detail = std::move(detail);
-    ev.path = core->event_path(n.name());
+    ev.path = core->event_path(n.name);
     ev.time = n.since;
     core->queue(std::move(ev));
   }
 
   /// Whether the manager counts as ready now. Under core->mu.
-  bool all_ready() const { return accepting && !launching && !stopping && to_start.empty() && ready_count == live; }
+  bool all_ready() const {
+    return accepting && !launching && !stopping && to_start.empty() && pending_starts == 0 && ready_count == live;
+  }
   /// Publishes a change of readiness: fills in who to tell. Under core->mu.
   void update_ready(ReadyNotice& out) {
     const bool now_ready = all_ready();
@@ -531,13 +689,7 @@ class ManagerRun {
     } else if (changed && core->self_state == ChildState::ready) {
       core->set_self(ChildState::running);
     }
-    if (now_ready || stopping) {
-      for (auto& w : core->ready_waiters) {
-        w->done = true;
-        w->result = now_ready;
-      }
-      out->waiters.swap(core->ready_waiters);
-    }
+    if (now_ready || stopping) out->waiters.swap(core->ready_waiters);
   }
 
   /// Starts the graceful stop. Under core->mu; the returned actions say
@@ -548,14 +700,12 @@ class ManagerRun {
     stop_at = clock::now();
     core->set_self(ChildState::stopping);
     to_start.clear();  // a sequential start ends here
-    if (awaiting) act.released.push_back(std::move(awaiting));
-    awaiting.reset();
+    awaiting = nullptr;
     // Children waiting for a restart are simply done.
-    for (auto& p : parked) {
+    for (ChildNode* p : parked) {
       p->parked = false;
       set_state(*p, ChildState::stopped, {}, "stopping; restart cancelled");
-      unlink(*p);
-      act.released.push_back(std::move(p));
+      act.released.push_back(unlink(*p));
     }
     parked.clear();
     if (!sequential()) {
@@ -573,11 +723,12 @@ class ManagerRun {
     poke();
   }
   void tell(ChildNode& n, Actions& act, clock::time_point now, sys_clock::time_point when = {}) {
-    if (n.told) return;
+    // A child that has ended is not told: its next run must not read a
+    // stop meant for this one.
+    if (n.told || n.exited) return;
     n.told = true;
     n.mark = now;
-    if (n.state != ChildState::stopped && n.state != ChildState::failed)
-      set_state(n, ChildState::stopping, {}, {}, when);
+    set_state(n, ChildState::stopping, {}, {}, when);
     act.tell.push_back(n.handle);
   }
   void force_one(ChildNode& n, clock::time_point now, Actions& act) {
@@ -595,26 +746,26 @@ class ManagerRun {
     for (ChildNode* n = tail; n != nullptr; n = n->prev) force_one(*n, force_at, act);
   }
   void abandon(ChildNode& n, Actions& act) {
-    const std::string path = core->name + "/" + n.name();
+    const std::string path = core->name + "/" + n.name;
     not_stopped.push_back(path);
     Event ev;
     ev.kind = EventKind::abandoned;
-    ev.path = core->prefix + path;
+    ev.path = core->event_path(n.name);
     ev.time = now_us();
     ev.detail = "ignored terminal cancellation; abandoned so that the manager can stop";
     core->queue(std::move(ev));
     set_state(n, ChildState::abandoned);
     act.abandoned.push_back(n.runnable);
-    unlink(n);
+    act.released.push_back(unlink(n));
   }
 
   /// The next moment the loop must look, given the state. Under core->mu.
   clock::time_point next_deadline() const {
     clock::time_point d = clock::time_point::max();
     if (forcing) {
-      d = force_at + core->abandon;
+      d = sat_add(force_at, core->abandon);
     } else if (stopping && !sequential() && special == 0 && !telling) {
-      d = stop_at + core->grace;
+      d = sat_add(stop_at, core->grace);
     }
     if (!stopping && !parked.empty() && group_running == 0) {
       for (const auto& p : parked) d = std::min(d, p->mark);
@@ -623,11 +774,11 @@ class ManagerRun {
       for (const ChildNode* n = head; n != nullptr; n = n->next) {
         if (n->parked) continue;
         if (n->forced) {
-          d = std::min(d, n->mark + core->abandon);
+          d = std::min(d, sat_add(n->mark, core->abandon));
         } else if (n->told && !telling) {
-          d = std::min(d, n->mark + n->timeout_or(core->grace));
+          d = std::min(d, sat_add(n->mark, n->timeout_or(core->grace)));
         } else if (!stopping && !n->ready && n->options && n->options->start_timeout) {
-          d = std::min(d, n->mark + *n->options->start_timeout);
+          d = std::min(d, sat_add(n->mark, *n->options->start_timeout));
         }
       }
     }
@@ -652,12 +803,13 @@ class ManagerRun {
       if (gate_open && !to_start.empty()) {
         act.start.push_back(std::move(to_start.front()));
         to_start.pop_front();
+        ++pending_starts;  // not ready until it is on the books
       }
       return;
     }
     if (!stopping) return;
     if (forcing) {
-      if (now >= force_at + core->abandon) {
+      if (now >= sat_add(force_at, core->abandon)) {
         give_up(act);
       }
       return;
@@ -666,15 +818,15 @@ class ManagerRun {
     if (sequential()) {
       plan_sequential_stop(now, act);
     } else if (special == 0) {
-      if (now >= stop_at + core->grace) begin_force(act);
+      if (now >= sat_add(stop_at, core->grace)) begin_force(act);
     } else {
       // Some children have timeouts of their own: each is forced at its
       // own deadline, and abandoned at its own bound after that.
       for (ChildNode* n = head; n != nullptr;) {
         ChildNode* next = n->next;
         if (n->forced) {
-          if (now >= n->mark + core->abandon) abandon(*n, act);
-        } else if (n->told && now >= n->mark + n->timeout_or(core->grace)) {
+          if (now >= sat_add(n->mark, core->abandon)) abandon(*n, act);
+        } else if (n->told && now >= sat_add(n->mark, n->timeout_or(core->grace))) {
           force_one(*n, now, act);
         }
         n = next;
@@ -693,10 +845,10 @@ class ManagerRun {
         return;
       }
       if (!n.forced) {
-        if (now >= n.mark + n.timeout_or(core->grace)) force_one(n, now, act);
+        if (now >= sat_add(n.mark, n.timeout_or(core->grace))) force_one(n, now, act);
         return;
       }
-      if (now < n.mark + core->abandon) return;
+      if (now < sat_add(n.mark, core->abandon)) return;
       abandon(n, act);
     }
   }
@@ -708,12 +860,12 @@ class ManagerRun {
       ChildNode* next = n->next;
       if (n->group && !n->parked) {
         if (n->forced) {
-          if (now >= n->mark + core->abandon) {
+          if (now >= sat_add(n->mark, core->abandon)) {
             n->group = false;
             --group_running;
             abandon(*n, act);
           }
-        } else if (n->told && now >= n->mark + n->timeout_or(core->grace)) {
+        } else if (n->told && now >= sat_add(n->mark, n->timeout_or(core->grace))) {
           force_one(*n, now, act);
         }
       }
@@ -727,20 +879,24 @@ class ManagerRun {
     if (sequential() && awaiting && awaiting->linked && !awaiting->ready && !awaiting->parked) return;
     for (ChildNode* n = head; n != nullptr; n = n->next) {
       if (!n->parked || n->mark > now) continue;
-      auto it = std::find_if(parked.begin(), parked.end(), [n](const auto& p) { return p.get() == n; });
+      parked.erase(std::find(parked.begin(), parked.end(), n));
       n->parked = false;
-      act.restart.push_back(std::move(*it));
-      parked.erase(it);
+      act.restart.push_back(n->keep);
       if (sequential()) break;
     }
   }
 
-  /// Under a restarting strategy, decides what a child's end means. Returns
-  /// true when it is handled here: kept for a restart, let go without
-  /// failing the manager (temporary), or the manager gave up. Under core->mu.
+  /// Under a restarting strategy, or for a child with restart options under
+  /// stop_all, decides what a child's end means. Returns true when it is
+  /// handled here: kept for a restart, let go without failing the manager
+  /// (temporary), or the manager gave up. One engine for every strategy:
+  /// under stop_all the child's own RestartOptions limit it (its
+  /// max_restarts within its window), under the others the manager's
+  /// intensity does. Under core->mu.
   bool supervise_end(const std::shared_ptr<ChildNode>& node, const std::exception_ptr& e, bool failed, Actions& act) {
-    if (core->strategy == Strategy::stop_all) return false;
     ChildNode& n = *node;
+    const bool own_limit = core->strategy == Strategy::stop_all;
+    if (own_limit && !(n.options && n.options->restart)) return false;
     if (stopping) {
       // No restarts now; but a temporary child's failure stays its own.
       const bool temporary = n.options && n.options->restart && n.options->restart->policy == RestartPolicy::temporary;
@@ -768,18 +924,16 @@ class ManagerRun {
       set_state(n, ChildState::failed, e, "temporary child; not restarted");
       return true;
     }
-    const std::string path = core->name + "/" + n.name();
-    restart_times.push_back(now);
-    while (!restart_times.empty() && restart_times.front() + core->window < now) restart_times.pop_front();
-    if (restart_times.size() > core->max_restarts) {
-      const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(core->window).count();
-      std::string reason = "restart intensity exceeded (" + std::to_string(restart_times.size()) + " restarts within " +
-                           std::to_string(ms) + " ms)";
+    const std::string path = core->name + "/" + n.name;
+    if (own_limit && !n.intensity) n.intensity.emplace(ro.max_restarts, ro.window);
+    RestartIntensity& limit = own_limit ? *n.intensity : intensity;
+    if (!limit.record(now)) {
+      std::string reason = limit.exceeded();
       std::exception_ptr cause = e;
       if (!cause) cause = std::make_exception_ptr(std::runtime_error("'" + path + "' ended and is permanent"));
       Event ev;
       ev.kind = EventKind::give_up;
-      ev.path = core->prefix + path;
+      ev.path = core->event_path(n.name);
       ev.time = now_us();
       ev.cause = cause;
       ev.detail = reason;
@@ -799,17 +953,17 @@ class ManagerRun {
     if (failed) n.last_error = e;
     Event ev;
     ev.kind = EventKind::restart;
-    ev.path = core->prefix + path;
+    ev.path = core->event_path(n.name);
     ev.time = now_us();
     ev.cause = e;
     ev.backoff = backoff;
     ev.detail = failed ? "failed" : "ended; permanent";
     core->queue(std::move(ev));
-    park(node, now + backoff);
+    park(node, sat_add(now, backoff));
     set_state(n, ChildState::restarting, e);
     // The rest of its group stops (newest first) and restarts with it.
     if (core->strategy != Strategy::one_for_one) {
-      group_restart_at = now + backoff;
+      group_restart_at = sat_add(now, backoff);
       ChildNode* first = core->strategy == Strategy::one_for_all ? head : n.next;
       for (ChildNode* m = tail; m != nullptr && first != nullptr; m = m->prev) {
         if (m != &n && !m->parked && !m->group) {
@@ -833,15 +987,15 @@ class ManagerRun {
       n.ready = false;
       --ready_count;
     }
-    parked.push_back(node);
+    parked.push_back(&n);
   }
 
   void check_start_timeouts(clock::time_point now, Actions& act) {
     for (ChildNode* n = head; n != nullptr; n = n->next) {
       if (n->ready || n->parked || n->told || !n->options || !n->options->start_timeout) continue;
-      if (now < n->mark + *n->options->start_timeout) continue;
+      if (now < sat_add(n->mark, *n->options->start_timeout)) continue;
       const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(*n->options->start_timeout).count();
-      const std::string path = core->name + "/" + n->name();
+      const std::string path = core->name + "/" + n->name;
       auto cause = std::make_exception_ptr(
           std::runtime_error("'" + path + "' did not become ready within " + std::to_string(ms) + " ms"));
       failures.push_back(Failure{path, cause, "start timeout", false});
@@ -858,17 +1012,6 @@ class ManagerRun {
     while (head != nullptr) abandon(*head, act);
   }
 };
-
-ChildNode::~ChildNode() {
-  // Still linked only when the completion handler never ran (the io_context
-  // was torn down mid-run): keep the run's list honest. Reading `linked`
-  // unlocked is safe: only child_ended unlinks, and it happens-before the
-  // release of the last reference.
-  if (run && linked) {
-    std::lock_guard lock(run->core->mu);
-    run->unlink(*this);
-  }
-}
 
 namespace {
 
@@ -912,20 +1055,60 @@ void force(const std::vector<std::shared_ptr<ChildNode>>& nodes) {
   }
 }
 
-void notify_ready(ReadyNotice& who) {
-  if (!who) return;
-  if (who->watch) who->watch(true);
-  if (who->target) {
-    if (who->ready) {
-      who->target->on_ready(true);
+/// A readiness change goes up the tree through each parent's node. Done by
+/// recursion, a tree 15,000 managers deep overflows the stack; so a thread
+/// that is already carrying changes up queues the next one, and the event
+/// flushes they cause run once every change has reached the top, top
+/// first: the order recursion gave, in which whoever reacts to an event
+/// sees readiness up to date all the way up.
+struct Propagation {
+  std::deque<ReadyChange> changes;
+  std::vector<std::shared_ptr<ManagerCore>> flushes;
+};
+thread_local Propagation* propagating = nullptr;
+
+void deliver(ReadyChange& change) noexcept {
+  try {
+    if (change.watch) change.watch(true);
+  } catch (...) {
+    // A watcher that throws must not keep the change from the others.
+  }
+  if (change.target) {
+    if (change.ready) {
+      change.target->on_ready(true);
     } else {
-      who->target->on_unready();
+      change.target->on_unready();
     }
   }
-  for (auto& w : who->waiters) {
-    // The timer belongs to the waiter's executor; its wait was set up
-    // before the waiter was listed, so this cancel finds it.
-    asio::post(w->timer.get_executor(), [w] { w->timer.cancel(); });
+  for (auto& w : change.waiters) w->complete(change.ready);
+}
+
+void notify_ready(ReadyNotice& who) {
+  if (!who) return;
+  if (propagating != nullptr) {
+    propagating->changes.push_back(std::move(*who));
+    who.reset();
+    return;
+  }
+  Propagation p;
+  propagating = &p;
+  p.changes.push_back(std::move(*who));
+  who.reset();
+  while (!p.changes.empty()) {
+    ReadyChange change = std::move(p.changes.front());
+    p.changes.pop_front();
+    deliver(change);
+  }
+  propagating = nullptr;
+  for (auto it = p.flushes.rbegin(); it != p.flushes.rend(); ++it) (*it)->flush();
+}
+
+/// core.flush(), or after the readiness changes under way on this thread.
+void flush_after(ManagerCore& core) {
+  if (propagating != nullptr) {
+    propagating->flushes.push_back(core.shared_from_this());
+  } else {
+    core.flush();
   }
 }
 
@@ -958,9 +1141,26 @@ std::vector<Failure> failures_of(const std::string& manager, const std::string& 
   }
 }
 
+/// True when `e` is an AbandonedError (a blocking service's thread that was
+/// left behind).
+bool is_abandonment(const std::exception_ptr& e) noexcept {
+  try {
+    std::rethrow_exception(e);
+  } catch (const AbandonedError&) {
+    return true;
+  } catch (...) {
+    return false;
+  }
+}
+
 void child_ended(const std::shared_ptr<ChildNode>& node, const std::exception_ptr& e) {
-  ManagerRun& run = *node->run;
+  // The run is gone once its frame has returned (or was torn down): a child
+  // that ends after that (abandoned) has nobody left to tell.
+  const auto run_ref = node->run.lock();
+  if (!run_ref) return;
+  ManagerRun& run = *run_ref;
   ManagerCore& core = *run.core;
+  std::shared_ptr<ChildNode> released;  // the run's reference, let go after the lock
   Actions act;
   bool timed_out = false;
   bool late = false;
@@ -974,22 +1174,30 @@ void child_ended(const std::shared_ptr<ChildNode>& node, const std::exception_pt
       forced = node->forced;
       collateral = run.stopping;
     }
-    if (forced && is_operation_aborted(e)) {
+    // Cancelled after its grace: a coroutine ends with operation_aborted, a
+    // blocking service's run with AbandonedError. Neither is a failure of
+    // its own; both are children that did not stop in time.
+    if (forced && (is_operation_aborted(e) || is_abandonment(e))) {
       timed_out = true;
     } else {
-      new_failures = failures_of(core.name, node->name(), e, collateral, &nested_not_stopped);
+      new_failures = failures_of(core.name, node->name, e, collateral, &nested_not_stopped);
     }
   }
   ReadyNotice readiness;
   {
     std::lock_guard lock(core.mu);
+    node->exited = true;
+    // Abandoned (taken off the books) before it ended: it is no longer
+    // this manager's, and its end is not reported. The run it belonged to
+    // may have completed, and completion means every event was delivered.
+    if (!node->linked) return;
     late = !run.accepting;
-    const bool was_awaited = run.awaiting == node;
+    const bool was_awaited = run.awaiting == node.get();
     const bool failed = !new_failures.empty();
     if (!late && run.supervise_end(node, e, failed, act)) {
       // Kept for a restart, or let go: nothing more to do here.
     } else if (timed_out) {
-      const std::string path = core.name + "/" + node->name();
+      const std::string path = core.name + "/" + node->name;
       run.not_stopped.push_back(path);
       run.set_state(*node, ChildState::stopped, e, "did not stop within its timeout; cancelled");
     } else if (!new_failures.empty()) {
@@ -1008,16 +1216,16 @@ void child_ended(const std::shared_ptr<ChildNode>& node, const std::exception_pt
       if (node->options && node->options->significant && !run.stopping) {
         Event ev;
         ev.kind = EventKind::state;
-        ev.path = core.prefix + core.name;
+        ev.path = core.own_path();
         ev.time = now_us();
         ev.state = ChildState::stopping;
         ev.previous = core.self_state;
-        ev.detail = "significant child '" + node->name() + "' ended; stopping";
+        ev.detail = "significant child '" + node->name + "' ended; stopping";
         core.queue(std::move(ev));
         run.begin_stop(act);
       }
     }
-    if (!node->parked) run.unlink(*node);
+    if (!node->parked) released = run.unlink(*node);
     // The loop waits for the last child; in sequential order it also moves
     // on at each end (the next start, or the next stop in reverse order);
     // a restart or a group's end needs it too.
@@ -1049,17 +1257,17 @@ struct ChildDone {
 
 }  // namespace
 
-const asio::any_io_executor& ChildNode::executor() const { return strand ? *strand : run->base; }
-
 /// The child's handle reported readiness.
 void ChildNode::on_ready(bool declared) {
   auto node = shared_from_this();
-  ManagerRun& run = *node->run;
+  const auto run_ref = node->run.lock();
+  if (!run_ref) return;
+  ManagerRun& run = *run_ref;
   ManagerCore& core = *run.core;
   ReadyNotice readiness;
   {
     std::lock_guard lock(core.mu);
-    if (!node->linked || node->ready) return;
+    if (!node->linked || node->ready || node->parked) return;
     if (node->state != ChildState::starting && node->state != ChildState::running) return;
     const auto t = now_us();
     // A guard's first report (its ticker) is also when it counts as
@@ -1069,16 +1277,31 @@ void ChildNode::on_ready(bool declared) {
     node->ready = true;
     ++run.ready_count;
     run.set_state(*node, ChildState::ready, {}, {}, t);
-    if (run.awaiting == node) run.poke();
+    if (run.awaiting == node.get()) run.poke();
     run.update_ready(readiness);
   }
   notify_ready(readiness);  // before the events: whoever reacts to one sees readiness up to date
-  core.flush();
+  flush_after(core);
+}
+
+void ChildNode::on_running() {
+  auto node = shared_from_this();
+  const auto run_ref = node->run.lock();
+  if (!run_ref) return;
+  ManagerCore& core = *run_ref->core;
+  {
+    std::lock_guard lock(core.mu);
+    if (!node->linked || node->parked || node->state != ChildState::starting) return;
+    run_ref->set_state(*node, ChildState::running);
+  }
+  flush_after(core);
 }
 
 void ChildNode::on_unready() {
   auto node = shared_from_this();
-  ManagerRun& r = *node->run;
+  const auto run_ref = node->run.lock();
+  if (!run_ref) return;
+  ManagerRun& r = *run_ref;
   ManagerCore& core = *r.core;
   ReadyNotice readiness;
   {
@@ -1090,60 +1313,93 @@ void ChildNode::on_unready() {
     r.update_ready(readiness);
   }
   notify_ready(readiness);  // before the events: whoever reacts to one sees readiness up to date
-  core.flush();
+  flush_after(core);
 }
 
 namespace {
+
+/// Drops a shutdown that is still unread in `handle`: it was meant for a
+/// run of that service that has ended (see RunScoped).
+void forget_shutdown(const std::shared_ptr<ProcessControlHandler>& handle) {
+  if (auto* scoped = dynamic_cast<RunScoped*>(handle.get())) scoped->forget_shutdown();
+}
+
+/// Connects the child's handle to the node, so that readiness reaches it.
+/// Returns false when the handle cannot tell (then running is ready).
+bool watch(ChildNode& node, const std::shared_ptr<ManagerRun>& run) {
+  ProcessControlHandler& h = *node.handle;
+  std::weak_ptr<ReadinessTarget> self = std::weak_ptr<ChildNode>(node.shared_from_this());
+  // A nested manager learns its place: its paths, its readiness, and
+  // whether to pass its events up.
+  if (typeid(h) == typeid(ManagerHandle)) {
+    if (auto nested = static_cast<ManagerHandle&>(h).core()) {
+      attach_parent(*nested, run->core, std::move(self));
+      return true;
+    }
+    return false;
+  }
+  // A guard's handle (the common case, tested first without a cast) and
+  // other sources take the node itself as their watcher: no function object
+  // per child. Any other handle gets a function.
+  if (typeid(h) == typeid(GuardState)) {
+    static_cast<GuardState&>(h).watch_target(std::move(self));
+    return true;
+  }
+  if (auto* source = dynamic_cast<ReadinessSource*>(&h)) {
+    source->watch_target(std::move(self));
+    return true;
+  }
+  return h.watch_readiness([weak = std::weak_ptr<ChildNode>(node.shared_from_this())](bool declared) {
+    if (auto n = weak.lock()) n->on_ready(declared);
+  });
+}
+
+void spawn(const std::shared_ptr<ChildNode>& node, asio::awaitable<void> body, bool again) {
+  // Spawned from a plain post rather than directly: co_spawn's own hop to
+  // the strand counts as a continuation, which Asio keeps on the current
+  // thread's private queue, so every child of a manager would start on the
+  // manager's thread and a busy child could hold the others back. A post
+  // goes to the shared queue and wakes an idle thread.
+  asio::post(node->executor(), [node, body = std::move(body), again]() mutable {
+    if (again) node->done = false;  // strand-local, like the coroutine it belongs to
+    // A handle that cannot report readiness: running is ready. A guard's
+    // handle reports both when the service takes its ticker (on_ready).
+    if (!node->watches) node->on_ready(true);
+    asio::co_spawn(node->executor(), std::move(body), ChildDone{node});
+  });
+}
 
 std::shared_ptr<ChildNode> start_child(const std::shared_ptr<ManagerRun>& run, std::shared_ptr<Runnable> child,
                                        std::shared_ptr<const ChildOptions> options,
                                        const std::deque<RuntimeControlMessage>& initial) {
   ManagerCore& core = *run->core;
+  // User code (the name, the handle, the watcher) runs here, before the lock.
+  std::string name = name_of(*child);
   std::shared_ptr<ProcessControlHandler> handle = child->process_handle();
   if (!handle) {
-    throw std::invalid_argument("ProcessManager '" + core.name + "': child '" + child->process_name() +
+    throw std::invalid_argument("ProcessManager '" + core.name + "': child '" + name +
                                 "' returned a null process_handle()");
   }
-  auto node = std::make_shared<ChildNode>(std::move(child), handle, strand_of(run->base), run, std::move(options));
-  // A nested manager learns its place: its paths, its readiness, and
-  // whether to pass its events up.
-  ProcessControlHandler& h = *handle;
-  if (typeid(h) == typeid(ManagerHandle)) {
-    if (auto nested = static_cast<ManagerHandle&>(*handle).core()) {
-      attach_parent(*nested, run->core, std::weak_ptr<ReadinessTarget>(node));
-      node->watches = true;
-    }
-  }
-  // A guard's handle takes the node itself as its watcher (no function
-  // object to allocate per child); any other handle gets a function.
-  if (node->watches) {
-    // A nested manager: watched through its core above.
-  } else if (typeid(h) == typeid(GuardState)) {
-    static_cast<GuardState&>(*handle).watch_target(std::weak_ptr<ReadinessTarget>(node));
-    node->watches = true;
-  } else {
-    node->watches = handle->watch_readiness([weak = std::weak_ptr<ChildNode>(node)](bool declared) {
-      if (auto n = weak.lock()) n->on_ready(declared);
-    });
-  }
+  // In a later run of this manager, a stop left unread from the run before
+  // belongs to that run.
+  if (core.runs > 1) forget_shutdown(handle);
+  auto node = std::make_shared<ChildNode>(std::move(child), handle, std::move(name), strand_of(run->base), run,
+                                          run->base, std::move(options));
+  node->watches = watch(*node, run);
   bool stop_now = false;
   ReadyNotice readiness;
   {
     std::lock_guard lock(core.mu);
-    if (!run->accepting) {
-      node->run.reset();
-      throw std::logic_error("ProcessManager '" + core.name + "': add() after the manager finished");
-    }
+    if (!run->accepting) throw std::logic_error("ProcessManager '" + core.name + "': add() after the manager finished");
     node->since = now_us();
-    if (node->options && node->options->start_timeout) node->mark = clock::now();
-    if (core.strategy != Strategy::stop_all || (node->options && node->options->heartbeat_timeout)) {
-      node->run_started = clock::now();
-    }
-    run->link(*node);
+    const auto now = clock::now();
+    if (node->options && node->options->start_timeout) node->mark = now;
+    node->run_started = now;
+    run->link(node);
     if (core.observed()) {
       Event ev;
       ev.kind = EventKind::state;
-      ev.path = core.event_path(node->name());
+      ev.path = core.event_path(node->name);
       ev.time = node->since;
       ev.state = ChildState::starting;
       ev.previous = ChildState::starting;
@@ -1152,7 +1408,7 @@ std::shared_ptr<ChildNode> start_child(const std::shared_ptr<ManagerRun>& run, s
     stop_now = run->stopping;
     if (stop_now) {
       node->told = true;
-      node->mark = clock::now();
+      node->mark = now;
       node->state = ChildState::stopping;
     }
     if (run->special > 0) run->poke();  // its start timeout joins the deadlines
@@ -1179,23 +1435,15 @@ std::shared_ptr<ChildNode> start_child(const std::shared_ptr<ManagerRun>& run, s
     child_ended(node, std::current_exception());
     return node;
   }
-  // Spawned from a plain post rather than directly: co_spawn's own hop to
-  // the strand counts as a continuation, which Asio keeps on the current
-  // thread's private queue, so every child of a manager would start on the
-  // manager's thread and a busy child could hold the others back. A post
-  // goes to the shared queue and wakes an idle thread.
-  asio::post(node->executor(), [node, body = std::move(body)]() mutable {
-    // A handle that cannot report readiness: running is ready. A guard's
-    // handle reports both when the service takes its ticker (on_ready).
-    if (!node->watches) node->on_ready(true);
-    asio::co_spawn(node->executor(), std::move(body), ChildDone{node});
-  });
+  spawn(node, std::move(body), false);
   return node;
 }
 
 /// Runs a parked child again (same node, same handle, a fresh coroutine).
 void restart_child(const std::shared_ptr<ManagerRun>& run, const std::shared_ptr<ChildNode>& node) {
   ManagerCore& core = *run->core;
+  // Whatever stop reached it before it ended belongs to the run that ended.
+  forget_shutdown(node->handle);
   asio::awaitable<void> body;
   std::exception_ptr error;
   try {
@@ -1203,16 +1451,13 @@ void restart_child(const std::shared_ptr<ManagerRun>& run, const std::shared_ptr
   } catch (...) {
     error = std::current_exception();
   }
-  std::shared_ptr<ChildNode> previous;  // released after the lock
   {
     std::lock_guard lock(core.mu);
     node->run_started = clock::now();
     node->mark = node->run_started;
+    node->exited = false;
     run->set_state(*node, ChildState::starting);
-    if (run->sequential()) {
-      previous = std::move(run->awaiting);
-      run->awaiting = node;
-    }
+    if (run->sequential()) run->awaiting = node.get();
     run->poke();  // its start timeout, or the next sequential restart
   }
   core.flush();
@@ -1220,11 +1465,7 @@ void restart_child(const std::shared_ptr<ManagerRun>& run, const std::shared_ptr
     child_ended(node, error);
     return;
   }
-  asio::post(node->executor(), [node, body = std::move(body)]() mutable {
-    node->done = false;  // strand-local, like the coroutine it belongs to
-    if (!node->watches) node->on_ready(true);
-    asio::co_spawn(node->executor(), std::move(body), ChildDone{node});
-  });
+  spawn(node, std::move(body), true);
 }
 
 void execute(ManagerRun& run, Actions& act) {
@@ -1253,27 +1494,39 @@ auto wait_for_event(ManagerRun& run, asio::steady_timer& timer, Token&& token) {
 
 /// Starts one child from the run loop; a child that cannot start fails the
 /// manager (and so stops the others).
+/// `counted`: the plan counted it in pending_starts (a sequential start),
+/// so that the manager was not ready while it was on its way.
 void start_or_fail(const std::shared_ptr<ManagerRun>& run, const std::shared_ptr<Runnable>& child,
-                   std::shared_ptr<const ChildOptions> options) {
+                   std::shared_ptr<const ChildOptions> options, bool counted) {
   ManagerCore& core = *run->core;
+  ReadyNotice readiness;
   try {
     auto node = start_child(run, child, std::move(options), run->initial);
-    if (run->sequential()) {
+    if (run->sequential() || counted) {
       std::lock_guard lock(core.mu);
-      if (!run->stopping) run->awaiting = node;
+      if (counted) --run->pending_starts;
+      // It may have ended already (and be unlinked): then nothing waits on it.
+      if (run->sequential() && !run->stopping && node->linked) run->awaiting = node.get();
       run->poke();
+      run->update_ready(readiness);
     }
   } catch (...) {
     Actions act;
-    auto failures = failures_of(core.name, child->process_name(), std::current_exception(), false);
+    auto failures = failures_of(core.name, name_of(*child), std::current_exception(), false);
     {
       std::lock_guard lock(core.mu);
+      if (counted) --run->pending_starts;
       run->failures.insert(run->failures.end(), failures.begin(), failures.end());
       run->begin_stop(act);
+      run->update_ready(readiness);
     }
+    notify_ready(readiness);
+    readiness.reset();
     for (const auto& f : failures) log_line(LogLevel::error, f.process_name, "failed to start: " + describe(f.cause));
     execute(*run, act);
   }
+  notify_ready(readiness);
+  run->core->flush();
 }
 
 // GCC 12 at -O1 (the sanitizer builds) warns that this coroutine frame's
@@ -1297,6 +1550,7 @@ asio::awaitable<void> run_manager(std::shared_ptr<ManagerCore> core) {
       throw std::logic_error("ProcessManager '" + core->name + "': process_start() called while it is already running");
     }
     core->current = run;
+    ++core->runs;
     core->finished = false;
     core->set_self(ChildState::running);
     core->self_error.clear();
@@ -1330,11 +1584,11 @@ asio::awaitable<void> run_manager(std::shared_ptr<ManagerCore> core) {
       std::lock_guard lock(run.core->mu);
       run.timer = nullptr;
       run.accepting = false;
-      run.awaiting.reset();
+      run.awaiting = nullptr;
     }
   } detach{*run};
 
-  for (auto& [child, options] : children) start_or_fail(run, child, options);
+  for (auto& [child, options] : children) start_or_fail(run, child, options, false);
   {
     ReadyNotice readiness;
     {
@@ -1372,12 +1626,12 @@ asio::awaitable<void> run_manager(std::shared_ptr<ManagerCore> core) {
     notify_ready(readiness);
     execute(*run, act);
     abandoned_runnables.insert(abandoned_runnables.end(), act.abandoned.begin(), act.abandoned.end());
-    for (auto& [child, options] : act.start) start_or_fail(run, child, options);
+    for (auto& [child, options] : act.start) start_or_fail(run, child, options, true);
     for (auto& node : act.restart) restart_child(run, node);
     if (act.give_up) break;
   }
 
-  std::vector<std::pair<asio::any_io_executor, asio::any_completion_handler<void()>>> waiters;
+  std::vector<std::shared_ptr<Waiter>> waiters;
   std::vector<Failure> failures;
   std::vector<std::string> not_stopped;
   ReadyNotice readiness;
@@ -1397,7 +1651,30 @@ asio::awaitable<void> run_manager(std::shared_ptr<ManagerCore> core) {
   }
   notify_ready(readiness);
   core->flush();
-  for (auto& [wex, w] : waiters) asio::post(wex, std::move(w));
+  // Completion means delivered: every event of this run has been handed to
+  // every hook and observer before the caller (or a shutdown() waiter)
+  // hears of the end. Another thread may still be delivering some.
+  bool busy = false;
+  {
+    std::lock_guard lock(core->mu);
+    busy = core->dispatching || !core->events.empty();
+  }
+  if (busy) {
+    auto wait_drained = [&core](auto handler) {
+      auto w = Waiter::make(std::move(handler));
+      {
+        std::lock_guard lock(core->mu);
+        if (core->dispatching || !core->events.empty()) {
+          core->drained.push_back(std::move(w));
+          return;
+        }
+      }
+      w->complete(true);
+    };
+    co_await asio::async_initiate<const asio::use_awaitable_t<>&, void(bool)>(std::move(wait_drained),
+                                                                              asio::use_awaitable);
+  }
+  for (auto& w : waiters) w->complete(true);
   if (!failures.empty()) {
     Failure first = failures.front();
     throw ProcessError(std::move(first.process_name), std::move(first.cause), std::move(failures),
@@ -1412,20 +1689,21 @@ asio::awaitable<void> run_manager(std::shared_ptr<ManagerCore> core) {
 
 void attach_parent(ManagerCore& nested, const std::shared_ptr<ManagerCore>& parent,
                    std::weak_ptr<ReadinessTarget> target) {
-  std::string prefix;
+  std::shared_ptr<const PathLink> up;
   {
     std::lock_guard lock(parent->mu);
-    prefix = parent->prefix + parent->name + "/";
+    up = parent->where;
   }
+  auto where = std::make_shared<const PathLink>(PathLink{std::move(up), nested.name});
   const bool observed = parent->observed();
   std::lock_guard lock(nested.mu);
   nested.parent = parent;
-  nested.prefix = std::move(prefix);
+  nested.where = std::move(where);
   nested.ready_target = std::move(target);
   nested.forward.store(observed, std::memory_order_relaxed);
 }
 
-void ManagerCore::control(RuntimeControlMessage msg) {
+void ManagerCore::control(RuntimeControlMessage msg, std::vector<std::shared_ptr<ProcessControlHandler>>* awaited) {
   std::shared_ptr<ManagerRun> run;  // released after the lock
   Actions act;
   {
@@ -1441,12 +1719,19 @@ void ManagerCore::control(RuntimeControlMessage msg) {
       run->begin_stop(act);
     } else {
       act.tell.reserve(run->live);
-      for (ChildNode* n = run->head; n != nullptr; n = n->next) act.tell.push_back(n->handle);
+      for (ChildNode* n = run->head; n != nullptr; n = n->next) {
+        const ProcessControlHandler& h = *n->handle;
+        if (awaited != nullptr && typeid(h) != typeid(GuardState)) {
+          awaited->push_back(n->handle);
+        } else {
+          act.tell.push_back(n->handle);
+        }
+      }
       if (observed()) {
         for (ChildNode* n = run->head; n != nullptr; n = n->next) {
           Event ev;
           ev.kind = EventKind::control;
-          ev.path = event_path(n->name());
+          ev.path = event_path(n->name);
           ev.time = now_us();
           ev.control = msg.kind();
           queue(std::move(ev));
@@ -1479,49 +1764,74 @@ void ManagerCore::control(RuntimeControlMessage msg) {
   }
 }
 
+asio::awaitable<void> ManagerCore::reload() {
+  std::vector<std::shared_ptr<ProcessControlHandler>> awaited;
+  control(RuntimeControlMessage::reload(), &awaited);
+  if (awaited.empty()) co_return;
+  auto ex = co_await asio::this_coro::executor;
+  struct Join {
+    std::mutex mu;
+    std::size_t left = 0;
+    std::shared_ptr<Waiter> waiter;
+  };
+  // Every child's reload() at once, on the caller's executor: the slowest
+  // one, not their sum, is what the caller waits.
+  auto start = [&awaited, &ex](auto handler) {
+    auto join = std::make_shared<Join>();
+    join->left = awaited.size();
+    join->waiter = Waiter::make(std::move(handler));
+    for (auto& h : awaited) {
+      auto one = h->reload();
+      asio::co_spawn(ex, std::move(one), [join](const std::exception_ptr&) {
+        // A handle's reload() that throws has still ended its part.
+        std::shared_ptr<Waiter> last;
+        {
+          std::lock_guard lock(join->mu);
+          if (--join->left == 0) last = join->waiter;
+        }
+        if (last) last->complete(true);
+      });
+    }
+  };
+  co_await asio::async_initiate<const asio::use_awaitable_t<>&, void(bool)>(std::move(start), asio::use_awaitable);
+}
+
 asio::awaitable<void> ManagerCore::shutdown() {
   auto self = shared_from_this();
   control(RuntimeControlMessage::shutdown());
   // Named, not a temporary of the co_await expression: GCC 12 destroys such
   // temporaries twice when they span the suspension (STYLE.md).
   auto wait_stopped = [self](auto handler) {
-    std::shared_ptr<ManagerRun> run;
+    auto w = Waiter::make(std::move(handler));
+    std::shared_ptr<ManagerRun> run;  // released after the lock
     {
       std::lock_guard lock(self->mu);
       run = self->current.lock();
       if (run && run->accepting) {
-        asio::any_io_executor hex = asio::get_associated_executor(handler);
-        run->stopped_waiters.emplace_back(std::move(hex), std::move(handler));
+        run->stopped_waiters.push_back(std::move(w));
         return;
       }
     }
-    asio::any_io_executor hex = asio::get_associated_executor(handler);
-    asio::post(hex, std::move(handler));
+    w->complete(true);
   };
-  co_await asio::async_initiate<const asio::use_awaitable_t<>&, void()>(std::move(wait_stopped), asio::use_awaitable);
+  co_await asio::async_initiate<const asio::use_awaitable_t<>&, void(bool)>(std::move(wait_stopped),
+                                                                            asio::use_awaitable);
 }
 
 }  // namespace detail
 
 namespace {
 
+/// The options, checked when they are given, under every strategy.
 std::shared_ptr<const ChildOptions> checked(const std::string& manager, const Runnable& child,
                                             const ChildOptions& options) {
-  auto fail = [&](const std::string& what) {
-    throw std::invalid_argument("ProcessManager '" + manager + "': child '" + child.process_name() + "': " + what);
-  };
+  const std::string who = "ProcessManager '" + manager + "': child '" + detail::name_of(child) + "'";
+  auto fail = [&](const std::string& what) { throw std::invalid_argument(who + ": " + what); };
   if (options.shutdown_timeout && options.shutdown_timeout->count() < 0) fail("negative shutdown_timeout");
   if (options.start_timeout && options.start_timeout->count() < 0) fail("negative start_timeout");
   if (options.heartbeat_timeout && options.heartbeat_timeout->count() <= 0) fail("heartbeat_timeout must be positive");
+  if (options.restart) validate(*options.restart, who);
   return std::make_shared<const ChildOptions>(options);
-}
-
-/// A child with restart options runs under a RestartSupervisor.
-/// Under Strategy::stop_all a child with restart options runs under a
-/// RestartSupervisor; the other strategies restart it themselves.
-std::shared_ptr<Runnable> wrapped(std::shared_ptr<Runnable> child, const ChildOptions& options, Strategy strategy) {
-  if (!options.restart || strategy != Strategy::stop_all) return child;
-  return std::make_shared<RestartSupervisor>(std::move(child), *options.restart);
 }
 
 }  // namespace
@@ -1538,8 +1848,38 @@ ProcessManager::ProcessManager(std::shared_ptr<detail::ManagerCore> core)
 
 ProcessManager::~ProcessManager() = default;
 
+void ProcessManager::adopt(const Runnable& child) const {
+  const auto* nested = dynamic_cast<const ProcessManager*>(&child);
+  if (nested == nullptr) return;
+  const auto& inner = nested->core_;
+  if (inner == core_) {
+    throw std::logic_error("ProcessManager '" + core_->name + "': cannot be inserted into itself");
+  }
+  // Walking up from here: meeting the child means it is an ancestor, and
+  // inserting it would close a loop.
+  for (auto up = core_; up;) {
+    std::shared_ptr<detail::ManagerCore> next;
+    {
+      std::lock_guard lock(up->mu);
+      next = up->owner.lock();
+    }
+    if (next == inner) {
+      throw std::logic_error("ProcessManager '" + core_->name + "': cannot insert '" + inner->name +
+                             "', which is one of its ancestors (the tree would loop)");
+    }
+    up = std::move(next);
+  }
+  std::lock_guard lock(inner->mu);
+  if (auto owner = inner->owner.lock(); owner && owner != core_) {
+    throw std::logic_error("ProcessManager '" + core_->name + "': cannot insert '" + inner->name +
+                           "', which is already a child of '" + owner->name + "' (a manager belongs to one tree)");
+  }
+  inner->owner = core_;
+}
+
 void ProcessManager::insert(std::shared_ptr<Runnable> child) {
   if (!child) throw std::invalid_argument("ProcessManager '" + core_->name + "': insert() of a null runnable");
+  adopt(*child);
   std::lock_guard lock(core_->mu);
   if (!core_->current.expired()) {
     throw std::logic_error("ProcessManager '" + core_->name +
@@ -1551,13 +1891,13 @@ void ProcessManager::insert(std::shared_ptr<Runnable> child) {
 void ProcessManager::insert(std::shared_ptr<Runnable> child, ChildOptions options) {
   if (!child) throw std::invalid_argument("ProcessManager '" + core_->name + "': insert() of a null runnable");
   auto opts = checked(core_->name, *child, options);
-  auto runnable = wrapped(std::move(child), *opts, core_->strategy);
+  adopt(*child);
   std::lock_guard lock(core_->mu);
   if (!core_->current.expired()) {
     throw std::logic_error("ProcessManager '" + core_->name +
                            "': insert() while the manager runs; use add() to start a child now");
   }
-  core_->inserted.emplace_back(std::move(runnable), std::move(opts));
+  core_->inserted.emplace_back(std::move(child), std::move(opts));
 }
 
 void ProcessManager::add(std::shared_ptr<Runnable> child) { add_with(std::move(child), nullptr); }
@@ -1565,8 +1905,7 @@ void ProcessManager::add(std::shared_ptr<Runnable> child) { add_with(std::move(c
 void ProcessManager::add(std::shared_ptr<Runnable> child, ChildOptions options) {
   if (!child) throw std::invalid_argument("ProcessManager '" + core_->name + "': add() of a null runnable");
   auto opts = checked(core_->name, *child, options);
-  auto runnable = wrapped(std::move(child), *opts, core_->strategy);
-  add_with(std::move(runnable), std::move(opts));
+  add_with(std::move(child), std::move(opts));
 }
 
 void ProcessManager::add_with(std::shared_ptr<Runnable> child, std::shared_ptr<const ChildOptions> options) {
@@ -1580,6 +1919,7 @@ void ProcessManager::add_with(std::shared_ptr<Runnable> child, std::shared_ptr<c
                              "': add() while the manager is not running; use insert() before start");
     }
   }
+  adopt(*child);
   // add() may come from a thread that runs no io_context: counted work keeps
   // the io_context from running out of work, and being destroyed, while
   // this thread is still inside the post that starts the child.
@@ -1590,38 +1930,44 @@ void ProcessManager::add_with(std::shared_ptr<Runnable> child, std::shared_ptr<c
 asio::awaitable<bool> ProcessManager::wait_ready(std::chrono::nanoseconds timeout) {
   auto core = core_;
   auto ex = co_await asio::this_coro::executor;
-  auto w = std::make_shared<detail::ReadyWaiter>(ex);
-  bool settled = false;
-  bool answer = false;
-  // Checked and listed under the lock that readiness changes under; the
-  // timer's wait starts there too, so a notification cannot miss it.
+  // The timer lives in this frame, on the caller's executor: when that
+  // io_context goes first, it takes the frame and the timer with it, and
+  // the manager's list holds only a waiter that is then dropped.
+  asio::steady_timer timer(ex);
+  std::shared_ptr<detail::Waiter> w;
+  // Checked and listed under the lock that readiness changes under, so a
+  // change cannot fall between the check and the listing.
   auto start_wait = [&](auto handler) {
-    std::lock_guard lock(core->mu);
-    auto run = core->current.lock();
-    if (core->ready) {
-      settled = true;
-      answer = true;
-    } else if ((run && run->stopping) || (!run && core->finished)) {
-      settled = true;  // stopping or stopped: it will not become ready
+    w = detail::Waiter::make(std::move(handler));
+    std::optional<bool> settled;
+    {
+      std::lock_guard lock(core->mu);
+      auto run = core->current.lock();
+      if (core->ready) {
+        settled = true;
+      } else if ((run && run->stopping) || (!run && core->finished)) {
+        settled = false;  // stopping or stopped: it will not become ready
+      } else {
+        core->ready_waiters.push_back(w);
+      }
     }
     if (settled) {
-      auto hex = asio::get_associated_executor(handler);
-      asio::post(hex, [h = std::move(handler)]() mutable { std::move(h)(boost::system::error_code()); });
+      w->complete(*settled);
       return;
     }
-    w->timer.expires_after(timeout);
-    w->timer.async_wait(std::move(handler));
-    core->ready_waiters.push_back(w);
+    timer.expires_at(detail::sat_add(std::chrono::steady_clock::now(), timeout));
+    timer.async_wait([w](const boost::system::error_code& ec) {
+      if (!ec) w->complete(false);
+    });
   };
-  boost::system::error_code ec;
-  auto token = asio::redirect_error(asio::use_awaitable, ec);
-  co_await asio::async_initiate<decltype(token), void(boost::system::error_code)>(start_wait, token);
-  if (settled) co_return answer;
-  std::lock_guard lock(core->mu);
-  if (w->done) co_return w->result;
-  auto& list = core->ready_waiters;
-  list.erase(std::remove(list.begin(), list.end(), w), list.end());
-  co_return false;
+  const bool answer = co_await asio::async_initiate<const asio::use_awaitable_t<>&, void(bool)>(std::move(start_wait),
+                                                                                                asio::use_awaitable);
+  {
+    std::lock_guard lock(core->mu);
+    auto& list = core->ready_waiters;
+    list.erase(std::remove(list.begin(), list.end(), w), list.end());
+  }
+  co_return answer;
 }
 
 bool ProcessManager::is_ready() const {
@@ -1629,9 +1975,86 @@ bool ProcessManager::is_ready() const {
   return core_->ready;
 }
 
+namespace {
+
+/// What status() copies of a child under its manager's lock; the rest
+/// (heartbeat, restarts of a supervisor, a nested manager) is read from the
+/// handle after the lock, since a handle is user code.
+struct ChildPeek {
+  std::shared_ptr<ProcessControlHandler> handle;
+  std::optional<std::chrono::nanoseconds> heartbeat_timeout;
+  std::chrono::steady_clock::time_point run_started;
+  bool watch_beat = false;  // in a state where staleness applies
+};
+
+/// The nested manager behind a handle, looking through supervisors.
+std::shared_ptr<detail::ManagerCore> nested_core(std::shared_ptr<ProcessControlHandler> h) {
+  // A supervisor of a supervisor of ... ends at a plain handle; the bound
+  // only guards against a handle that supervises itself.
+  for (int hops = 0; h && hops < 64; ++hops) {
+    ProcessControlHandler& ref = *h;
+    if (typeid(ref) == typeid(detail::ManagerHandle)) return static_cast<detail::ManagerHandle&>(ref).core();
+    const auto* sup = dynamic_cast<const detail::Supervising*>(h.get());
+    if (sup == nullptr) return nullptr;
+    h = sup->supervised_handle();
+  }
+  return nullptr;
+}
+
+/// Fills `out` with the children of `core`, their paths under `prefix`;
+/// returns the nested managers found, with the slots they fill.
+std::vector<std::pair<ChildStatus*, std::shared_ptr<detail::ManagerCore>>> peek_children(detail::ManagerCore& core,
+                                                                                         const std::string& prefix,
+                                                                                         ChildStatus& out) {
+  std::vector<ChildPeek> peeks;
+  {
+    std::lock_guard lock(core.mu);
+    if (auto run = core.current.lock()) {
+      out.children.reserve(run->live);
+      peeks.reserve(run->live);
+      for (detail::ChildNode* n = run->head; n != nullptr; n = n->next) {
+        ChildStatus c;
+        c.path = prefix + n->name;
+        c.state = n->state;
+        c.since = n->since;
+        c.ready = n->ready;
+        if (n->last_error) c.last_error = describe(n->last_error);
+        c.restarts = n->restarts;
+        out.children.push_back(std::move(c));
+        ChildPeek p;
+        p.handle = n->handle;
+        if (n->options) p.heartbeat_timeout = n->options->heartbeat_timeout;
+        p.run_started = n->run_started;
+        p.watch_beat = !n->parked && (n->state == ChildState::running || n->state == ChildState::ready ||
+                                      n->state == ChildState::starting);
+        peeks.push_back(std::move(p));
+      }
+    }
+  }
+  std::vector<std::pair<ChildStatus*, std::shared_ptr<detail::ManagerCore>>> nested;
+  const auto now = std::chrono::steady_clock::now();
+  for (std::size_t i = 0; i < peeks.size(); ++i) {
+    ChildPeek& p = peeks[i];
+    ChildStatus& c = out.children[i];
+    if (p.heartbeat_timeout && p.watch_beat) {
+      auto last = p.run_started;
+      if (const auto beat = p.handle->last_heartbeat(); beat && *beat > last) last = *beat;
+      c.stale = now - last > *p.heartbeat_timeout;
+    }
+    const ProcessControlHandler& handle = *p.handle;
+    if (typeid(handle) == typeid(detail::GuardState)) continue;  // the common case: a leaf
+    if (const auto* sup = dynamic_cast<const detail::Supervising*>(p.handle.get())) {
+      c.restarts += sup->supervised_restarts();
+    }
+    if (auto inner = nested_core(p.handle)) nested.emplace_back(&c, std::move(inner));
+  }
+  return nested;
+}
+
+}  // namespace
+
 ChildStatus ProcessManager::status() const {
   ChildStatus out;
-  std::vector<std::pair<std::size_t, std::shared_ptr<Runnable>>> nested;
   {
     std::lock_guard lock(core_->mu);
     out.path = core_->name;
@@ -1639,41 +2062,20 @@ ChildStatus ProcessManager::status() const {
     out.since = core_->self_since;
     out.ready = core_->ready;
     out.last_error = core_->self_error;
-    const auto now = std::chrono::steady_clock::now();
-    if (auto run = core_->current.lock()) {
-      out.children.reserve(run->live);
-      for (detail::ChildNode* n = run->head; n != nullptr; n = n->next) {
-        ChildStatus c;
-        c.path = core_->name + "/" + n->name();
-        c.state = n->state;
-        c.since = n->since;
-        c.ready = n->ready;
-        c.stale = n->stale(now);
-        if (n->last_error) c.last_error = describe(n->last_error);
-        c.restarts = n->restarts;
-        if (const auto* sup = dynamic_cast<const RestartSupervisor*>(n->runnable.get())) {
-          c.restarts += sup->restarts();
-        }
-        if (dynamic_cast<const ProcessManager*>(n->runnable.get()) != nullptr) {
-          nested.emplace_back(out.children.size(), n->runnable);
-        }
-        out.children.push_back(std::move(c));
-      }
-    }
   }
-  // Outside our lock: a nested manager takes its own.
-  for (auto& [index, runnable] : nested) {
-    const auto sub = static_cast<const ProcessManager&>(*runnable).status();
-    std::function<void(std::vector<ChildStatus>&, const std::string&)> prefix = [&](std::vector<ChildStatus>& v,
-                                                                                    const std::string& p) {
-      for (auto& c : v) {
-        c.path = p + c.path;
-        prefix(c.children, p);
-      }
-    };
-    auto kids = sub.children;
-    prefix(kids, core_->name + "/");
-    out.children[index].children = std::move(kids);
+  // Breadth by breadth with an explicit list, not recursion: a tree
+  // thousands of levels deep costs time linear in its nodes (plus its
+  // paths) and no stack per level. Each manager's lock is taken alone.
+  std::vector<std::pair<ChildStatus*, std::shared_ptr<detail::ManagerCore>>> work{{&out, core_}};
+  std::unordered_set<const detail::ManagerCore*> seen{core_.get()};
+  while (!work.empty()) {
+    auto [slot, core] = std::move(work.back());
+    work.pop_back();
+    // Paths are full ("root/db/writer") whatever the depth.
+    for (auto& [child, inner] : peek_children(*core, slot->path + "/", *slot)) {
+      // A manager met twice (a supervisor's loop) is listed, not entered again.
+      if (seen.insert(inner.get()).second) work.emplace_back(child, std::move(inner));
+    }
   }
   return out;
 }
@@ -1814,11 +2216,15 @@ std::shared_ptr<ProcessManager> ProcessManagerBuilder::build() {
       .window = window_,
       .hook = hook_,
   });
-  core->inserted.reserve(children_.size());
+  auto manager = std::shared_ptr<ProcessManager>(new ProcessManager(std::move(core)));
   for (const auto& [child, options] : children_) {
-    core->inserted.emplace_back(options ? wrapped(child, *options, strategy_) : child, options);
+    if (options) {
+      manager->insert(child, *options);
+    } else {
+      manager->insert(child);
+    }
   }
-  return std::shared_ptr<ProcessManager>(new ProcessManager(std::move(core)));
+  return manager;
 }
 
 }  // namespace pm

@@ -1,5 +1,6 @@
 #include <processmanager/runtime_guard.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <stdexcept>
 
@@ -93,6 +94,7 @@ RuntimeControlMessage GuardState::take() {
 
 void GuardState::attach(const asio::any_io_executor& ex) {
   std::shared_ptr<ReadinessTarget> watcher;
+  bool deferred = false;
   {
     std::lock_guard lock(mu_);
     if (alive_.load(std::memory_order_relaxed)) {
@@ -103,10 +105,43 @@ void GuardState::attach(const asio::any_io_executor& ex) {
     ++generation_;
     wake_posted_ = false;
     alive_.store(true, std::memory_order_release);
-    if (!defer_ready_) watcher = watcher_.lock();
+    watcher = watcher_.lock();
+    deferred = defer_ready_;
   }
-  // Outside the lock: the watcher takes its supervisor's lock.
-  if (watcher) watcher->on_ready(false);
+  // Outside the lock: the watcher takes its supervisor's lock. A service
+  // that holds its readiness back still runs from here on.
+  if (!watcher) return;
+  if (deferred) {
+    watcher->on_running();
+  } else {
+    watcher->on_ready(false);
+  }
+}
+
+void GuardState::forget_shutdown() {
+  std::lock_guard lock(mu_);
+  std::size_t dropped = 0;
+  if (has_first_ && first_.is_shutdown()) {
+    has_first_ = false;
+    ++dropped;
+  }
+  const auto before = inbox_.size();
+  inbox_.erase(std::remove_if(inbox_.begin() + static_cast<std::ptrdiff_t>(head_), inbox_.end(),
+                              [](const RuntimeControlMessage& m) { return m.is_shutdown(); }),
+               inbox_.end());
+  dropped += before - inbox_.size();
+  // The oldest message lives inline: refill it from the rest, so that the
+  // FIFO order holds.
+  if (!has_first_ && head_ < inbox_.size()) {
+    first_ = std::move(inbox_[head_]);
+    has_first_ = true;
+    ++head_;
+  }
+  if (head_ == inbox_.size()) {
+    inbox_.clear();
+    head_ = 0;
+  }
+  pending_.fetch_sub(dropped, std::memory_order_release);
 }
 
 namespace {

@@ -51,11 +51,12 @@ struct ChildOptions {
   /// How long shutdown waits for this child before cancelling it; replaces
   /// the manager's grace period for it.
   std::optional<std::chrono::nanoseconds> shutdown_timeout{};
-  /// How the child is restarted. Under Strategy::stop_all it runs under a
-  /// RestartSupervisor with these options; under the other strategies the
-  /// manager restarts it itself with this policy and backoff (its
-  /// max_restarts and window give way to the manager's intensity). Default
-  /// under a restarting strategy: RestartOptions{} (transient).
+  /// How the child is restarted; the manager restarts it itself with this
+  /// policy and backoff under every strategy. Under Strategy::stop_all its
+  /// own max_restarts within its window limit it; under the other
+  /// strategies the manager's intensity does. Default under a restarting
+  /// strategy: RestartOptions{} (transient). Checked when given
+  /// (pm::validate).
   std::optional<RestartOptions> restart{};
   /// Its normal end shuts the whole manager down (Erlang's significant child).
   bool significant = false;
@@ -100,6 +101,16 @@ class ProcessError : public std::runtime_error {
   std::vector<std::string> not_stopped_;
 };
 
+/// What a blocking service's run ends with when its thread has not returned
+/// by the time its manager cancels it: the thread is abandoned, never
+/// joined, and this names it. A manager counts it as a child that did not
+/// stop (ProcessError::not_stopped()), as it does a coroutine cancelled
+/// after its grace period, not as a failure of its own.
+class AbandonedError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
 /// The text of an exception: what() for std::exception, else a placeholder.
 std::string describe(const std::exception_ptr& e);
 /// A failure in words: "failed: <cause>", or "<reason>; last failure: <cause>".
@@ -122,7 +133,9 @@ class ProcessManager : public Runnable {
   ProcessManager& operator=(const ProcessManager&) = delete;
 
   /// Adds a child to start with the manager. Throws std::logic_error while
-  /// the manager runs (use add()), std::invalid_argument for a null child.
+  /// the manager runs (use add()), or when the child is a manager that is
+  /// this one, one of its ancestors, or already in another tree;
+  /// std::invalid_argument for a null child.
   void insert(std::shared_ptr<Runnable> child);
   /// insert() with options; throws std::invalid_argument for a negative
   /// timeout or nonsensical restart options, naming the child.
@@ -163,7 +176,9 @@ class ProcessManager : public Runnable {
   /// Runs every child until all have ended. Returns when every child ended
   /// (or was abandoned); throws ProcessError if any child failed. Throws
   /// std::logic_error if this manager is already running. Honours terminal
-  /// cancellation by cancelling every child at once.
+  /// cancellation by cancelling every child at once. Completes only after
+  /// every event of the run has been handed to every hook and observer. A
+  /// stop sent to an earlier run never reaches this one.
   asio::awaitable<void> process_start() override;
   std::string process_name() const override;
   /// The manager's handle: control reaches every child; shutdown() completes
@@ -190,6 +205,10 @@ class ProcessManager : public Runnable {
   friend class ProcessManagerBuilder;
   explicit ProcessManager(std::shared_ptr<detail::ManagerCore> core);
   void add_with(std::shared_ptr<Runnable> child, std::shared_ptr<const ChildOptions> options);
+  /// Refuses (std::logic_error, naming both) a child manager that is this
+  /// one, one of its ancestors, or already in another tree; else records
+  /// this manager as its owner.
+  void adopt(const Runnable& child) const;
   std::shared_ptr<detail::ManagerCore> core_;
   std::shared_ptr<detail::ManagerHandle> handle_;
 };

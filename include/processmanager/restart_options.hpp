@@ -4,6 +4,8 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
+#include <string>
 
 namespace pm {
 
@@ -38,7 +40,38 @@ struct RestartOptions {
 /// The wait before restart number `attempt` (1 for the first since the
 /// child last ran `reset_after`): initial * factor^(attempt-1), capped at
 /// max; with jitter, a uniformly random time in [0, that]. What both
-/// RestartSupervisor and a restarting manager wait.
+/// RestartSupervisor and a restarting manager wait. Saturates: a growth
+/// that overflows, or a NaN, gives `max`; never a negative wait.
 std::chrono::nanoseconds backoff_delay(const Backoff& backoff, std::uint32_t attempt);
+
+/// Throws std::invalid_argument, naming `who`, for options that make no
+/// sense: a factor below 1 or NaN, a negative initial wait, a cap below the
+/// initial wait, a negative reset_after, a window that is not positive.
+/// Every engine that restarts (RestartSupervisor, every strategy of a
+/// manager) checks options with it when they are given.
+void validate(const RestartOptions& options, const std::string& who);
+
+/// Erlang's restart intensity: more than `max_restarts` restarts within
+/// `window` means giving up. One value type serves RestartSupervisor and the
+/// restarting managers, so that both count and word a give-up alike.
+class RestartIntensity {
+ public:
+  /// Throws std::invalid_argument for a window that is not positive.
+  RestartIntensity(std::size_t max_restarts, std::chrono::nanoseconds window);
+  /// Records a restart at `now`. Returns false when it is one too many: the
+  /// caller gives up. Restarts older than the window are forgotten.
+  bool record(std::chrono::steady_clock::time_point now);
+  /// "restart intensity exceeded (more than 3 restarts within 5000 ms)".
+  std::string exceeded() const;
+  /// The limit.
+  std::size_t max_restarts() const noexcept { return max_; }
+  /// The period the limit counts over.
+  std::chrono::nanoseconds window() const noexcept { return window_; }
+
+ private:
+  std::size_t max_;
+  std::chrono::nanoseconds window_;
+  std::deque<std::chrono::steady_clock::time_point> recent_;
+};
 
 }  // namespace pm

@@ -9,7 +9,7 @@
 #include <stop_token>
 #include <string>
 
-#include <processmanager/runnable.hpp>
+#include <processmanager/process_manager.hpp>
 
 namespace pm {
 
@@ -47,14 +47,6 @@ class BlockingContext {
       : state_(std::move(state)), token_(std::move(token)) {}
   std::shared_ptr<detail::BlockingState> state_;
   std::stop_token token_;
-};
-
-/// Thrown (as a service failure) when a blocking service's thread has not
-/// returned by the time its manager cancels it: the thread is abandoned,
-/// never joined, and this names it.
-class AbandonedError : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
 };
 
 /// A service named `name` that runs `fn` on a thread of its own, one per

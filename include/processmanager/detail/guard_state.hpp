@@ -60,9 +60,46 @@ class ReadinessTarget {
   virtual void on_ready(bool declared) = 0;
   /// It stopped being ready (a nested manager restarting a child, say).
   virtual void on_unready() {}
+  /// It runs (has its ticker) but holds its readiness back until it says so.
+  virtual void on_running() {}
 
  protected:
   ~ReadinessTarget() = default;
+};
+
+/// A handle that reports readiness to a target held weakly (no function
+/// object per child): a guard's, a RestartSupervisor's.
+class ReadinessSource {
+ public:
+  virtual void watch_target(std::weak_ptr<ReadinessTarget> target) = 0;
+
+ protected:
+  ~ReadinessSource() = default;
+};
+
+/// A handle whose unread shutdown belongs to the run it was sent to. A
+/// supervisor calls forget_shutdown() before it starts the service again,
+/// so that a stop meant for the run that ended never reaches the next one.
+class RunScoped {
+ public:
+  virtual void forget_shutdown() = 0;
+
+ protected:
+  ~RunScoped() = default;
+};
+
+/// A handle that supervises another service's handle (RestartSupervisor):
+/// what a manager looks through for status and restart counts, so that the
+/// core needs no built-in's header.
+class Supervising {
+ public:
+  /// The handle of the supervised service's current run, or null between runs.
+  virtual std::shared_ptr<ProcessControlHandler> supervised_handle() const = 0;
+  /// Restarts made so far.
+  virtual std::size_t supervised_restarts() const noexcept = 0;
+
+ protected:
+  ~Supervising() = default;
 };
 
 /// The cancellation types a control message emits: every type, so that any
@@ -80,14 +117,19 @@ bool is_operation_aborted(const std::exception_ptr& e) noexcept;
 /// (control() comes from any thread); `waiting_`, `emitted_` and `own_` are
 /// touched only on the ticker's executor, which must be a strand or
 /// single-threaded (ProcessManager runs each child on its own strand).
-class GuardState final : public ProcessControlHandler, public std::enable_shared_from_this<GuardState> {
+class GuardState final : public ProcessControlHandler,
+                         public ReadinessSource,
+                         public RunScoped,
+                         public std::enable_shared_from_this<GuardState> {
  public:
   explicit GuardState(std::string name) : name_(std::move(name)) {}
 
   void control(RuntimeControlMessage msg) override;
   bool watch_readiness(std::function<void(bool)> on_ready) override;
   /// watch_readiness without a function object: what a manager uses.
-  void watch_target(std::weak_ptr<ReadinessTarget> target);
+  void watch_target(std::weak_ptr<ReadinessTarget> target) override;
+  /// Drops unread shutdown messages (see RunScoped).
+  void forget_shutdown() override;
 
   /// The service says it is ready.
   void declare_ready();
