@@ -1,0 +1,711 @@
+// A run of a manager: starting its children, their ends, readiness going up
+// the tree, and the loop that waits for deadlines and pokes.
+#include <typeinfo>
+
+#include "run_state.hpp"
+
+namespace pm::detail {
+
+namespace {
+
+// A child's strand comes from the executor under the manager's own strand:
+// a strand of a strand would serialise every child of a nested manager.
+asio::any_io_executor base_of(const asio::any_io_executor& ex) {
+  if (const auto* s = ex.target<asio::strand<asio::io_context::executor_type>>()) return s->get_inner_executor();
+  if (const auto* s = ex.target<asio::strand<asio::thread_pool::executor_type>>()) return s->get_inner_executor();
+  if (const auto* s = ex.target<asio::strand<asio::any_io_executor>>()) return s->get_inner_executor();
+  return ex;
+}
+
+/// True when the io_context was promised a single thread (concurrency hint
+/// 1, or a hint without scheduler locking): its handlers never run
+/// concurrently, so it serialises each child as a strand would.
+bool single_threaded(asio::io_context& ctx) {
+  const int hint = asio::use_service<asio::detail::io_context_impl>(ctx).concurrency_hint();
+  return hint == 1 ||
+         (BOOST_ASIO_CONCURRENCY_HINT_IS_SPECIAL(hint) && !BOOST_ASIO_CONCURRENCY_HINT_IS_LOCKING(SCHEDULER, hint));
+}
+
+// A strand per child, except on an io_context that runs on one thread: there
+// a strand only costs (two extra scheduler hops per wake-up, an allocation
+// per child), as Asio's own documentation of implicit strands says.
+std::unique_ptr<asio::any_io_executor> strand_of(const asio::any_io_executor& base) {
+  if (const auto* io = base.target<asio::io_context::executor_type>()) {
+    if (single_threaded(io->context())) return nullptr;
+    return std::make_unique<asio::any_io_executor>(asio::make_strand(*io));
+  }
+  if (const auto* tp = base.target<asio::thread_pool::executor_type>()) {
+    return std::make_unique<asio::any_io_executor>(asio::make_strand(*tp));
+  }
+  return std::make_unique<asio::any_io_executor>(asio::make_strand(base));
+}
+
+}  // namespace
+
+void tell_all(const std::vector<std::shared_ptr<ProcessControlHandler>>& handles, const RuntimeControlMessage& msg) {
+  for (const auto& h : handles) {
+    try {
+      h->control(msg);
+    } catch (...) {
+      // control() is specified not to throw; a user handle that does must
+      // not keep the message from the others.
+    }
+  }
+}
+
+/// A concurrent stop's messages are all handed out: its grace starts now.
+void told_all(ManagerRun& run) {
+  std::lock_guard lock(run.core->mu);
+  if (!run.telling) return;
+  run.telling = false;
+  run.stop_at = clock::now();
+  if (run.special > 0) {
+    for (ChildNode* n = run.head; n != nullptr; n = n->next) {
+      if (n->told && !n->forced) n->mark = run.stop_at;
+    }
+  }
+  run.poke();
+}
+
+/// Hands out the stop messages of `act`, then starts the grace.
+void deliver_stop(ManagerRun& run, const Actions& act) {
+  tell_all(act.tell, RuntimeControlMessage::shutdown());
+  if (act.stop_fanout) told_all(run);
+}
+
+void force(const std::vector<std::shared_ptr<ChildNode>>& nodes) {
+  for (const auto& n : nodes) {
+    // Emitted on the child's strand, where its coroutine runs.
+    asio::post(n->executor(), [n] {
+      if (!n->done) n->cancel.emit(asio::cancellation_type::terminal);
+    });
+  }
+}
+
+/// A readiness change goes up the tree through each parent's node. Done by
+/// recursion, a tree 15,000 managers deep overflows the stack; so a thread
+/// that is already carrying changes up queues the next one, and the event
+/// flushes they cause run once every change has reached the top, top
+/// first: the order recursion gave, in which whoever reacts to an event
+/// sees readiness up to date all the way up.
+struct Propagation {
+  std::deque<ReadyChange> changes;
+  std::vector<std::shared_ptr<ManagerCore>> flushes;
+};
+thread_local Propagation* propagating = nullptr;
+
+void deliver(ReadyChange& change) noexcept {
+  try {
+    if (change.watch) change.watch(true);
+  } catch (...) {
+    // A watcher that throws must not keep the change from the others.
+  }
+  if (change.target) {
+    if (change.ready) {
+      change.target->on_ready(true);
+    } else {
+      change.target->on_unready();
+    }
+  }
+  for (auto& w : change.waiters) w->complete(change.ready);
+}
+
+void notify_ready(ReadyNotice& who) {
+  if (!who) return;
+  if (propagating != nullptr) {
+    propagating->changes.push_back(std::move(*who));
+    who.reset();
+    return;
+  }
+  Propagation p;
+  propagating = &p;
+  p.changes.push_back(std::move(*who));
+  who.reset();
+  while (!p.changes.empty()) {
+    ReadyChange change = std::move(p.changes.front());
+    p.changes.pop_front();
+    deliver(change);
+  }
+  propagating = nullptr;
+  for (auto it = p.flushes.rbegin(); it != p.flushes.rend(); ++it) (*it)->flush();
+}
+
+/// core.flush(), or after the readiness changes under way on this thread.
+void flush_after(ManagerCore& core) {
+  if (propagating != nullptr) {
+    propagating->flushes.push_back(core.shared_from_this());
+  } else {
+    core.flush();
+  }
+}
+
+/// Carries out what plan() decided, outside the lock.
+void execute(ManagerRun& run, Actions& act);
+
+/// The path of a failed child and what it threw, flattening a nested
+/// ProcessError so that the root names the leaf ("root/db/writer").
+std::vector<Failure> failures_of(const std::string& manager, const std::string& child, const std::exception_ptr& e,
+                                 bool collateral, std::vector<std::string>* not_stopped = nullptr) {
+  try {
+    std::rethrow_exception(e);
+  } catch (const ProcessError& pe) {
+    std::vector<Failure> out;
+    out.reserve(pe.failures().size());
+    for (const auto& f : pe.failures()) {
+      out.push_back(Failure{manager + "/" + f.process_name, f.cause, f.reason, collateral || f.collateral});
+    }
+    if (not_stopped != nullptr) {
+      for (const auto& p : pe.not_stopped()) {
+        std::string path = manager;
+        path += '/';
+        path += p;
+        not_stopped->push_back(std::move(path));
+      }
+    }
+    return out;
+  } catch (...) {
+    return {Failure{manager + "/" + child, e, {}, collateral}};
+  }
+}
+
+/// True when `e` is an AbandonedError (a blocking service's thread that was
+/// left behind).
+bool is_abandonment(const std::exception_ptr& e) noexcept {
+  try {
+    std::rethrow_exception(e);
+  } catch (const AbandonedError&) {
+    return true;
+  } catch (...) {
+    return false;
+  }
+}
+
+void child_ended(const std::shared_ptr<ChildNode>& node, const std::exception_ptr& e) {
+  // The run is gone once its frame has returned (or was torn down): a child
+  // that ends after that (abandoned) has nobody left to tell.
+  const auto run_ref = node->run.lock();
+  if (!run_ref) return;
+  ManagerRun& run = *run_ref;
+  ManagerCore& core = *run.core;
+  std::shared_ptr<ChildNode> released;  // the run's reference, let go after the lock
+  Actions act;
+  bool timed_out = false;
+  bool late = false;
+  std::vector<std::string> nested_not_stopped;
+  std::vector<Failure> new_failures;
+  if (e) {
+    bool forced = false;
+    bool collateral = false;
+    {
+      std::lock_guard lock(core.mu);
+      forced = node->forced;
+      collateral = run.stopping;
+    }
+    // Cancelled after its grace: a coroutine ends with operation_aborted, a
+    // blocking service's run with AbandonedError. Neither is a failure of
+    // its own; both are children that did not stop in time.
+    if (forced && (is_operation_aborted(e) || is_abandonment(e))) {
+      timed_out = true;
+    } else {
+      new_failures = failures_of(core.name, node->name, e, collateral, &nested_not_stopped);
+    }
+  }
+  ReadyNotice readiness;
+  {
+    std::lock_guard lock(core.mu);
+    node->exited = true;
+    // Abandoned (taken off the books) before it ended: it is no longer
+    // this manager's, and its end is not reported. The run it belonged to
+    // may have completed, and completion means every event was delivered.
+    if (!node->linked) return;
+    late = !run.accepting;
+    const bool was_awaited = run.awaiting == node.get();
+    const bool failed = !new_failures.empty();
+    if (!late && run.supervise_end(node, e, failed, act)) {
+      // Kept for a restart, or let go: nothing more to do here.
+    } else if (timed_out) {
+      const std::string path = core.name + "/" + node->name;
+      run.not_stopped.push_back(path);
+      run.set_state(*node, ChildState::stopped, e, "did not stop within its timeout; cancelled");
+    } else if (!new_failures.empty()) {
+      node->last_error = e;
+      run.failures.insert(run.failures.end(), new_failures.begin(), new_failures.end());
+      run.not_stopped.insert(run.not_stopped.end(), nested_not_stopped.begin(), nested_not_stopped.end());
+      run.set_state(*node, ChildState::failed, e);
+      run.begin_stop(act);
+    } else {
+      if (late) {
+        run.set_state(*node, ChildState::stopped, {}, "ended after its manager had abandoned it");
+      } else {
+        run.set_state(*node, ChildState::stopped);
+      }
+      if (!core.auto_cleanup) ++core.finished_kept;
+      if (node->options && node->options->significant && !run.stopping) {
+        Event ev;
+        ev.kind = EventKind::state;
+        ev.path = core.own_path();
+        ev.time = now_us();
+        ev.state = ChildState::stopping;
+        ev.previous = core.self_state;
+        ev.detail = "significant child '" + node->name + "' ended; stopping";
+        core.queue(std::move(ev));
+        run.begin_stop(act);
+      }
+    }
+    if (!node->parked) released = run.unlink(*node);
+    // The loop waits for the last child; in sequential order it also moves
+    // on at each end (the next start, or the next stop in reverse order);
+    // a restart or a group's end needs it too.
+    if (run.live == 0 || was_awaited || (run.sequential() && run.stopping) || run.special > 0 || node->parked ||
+        run.group_running > 0 || !run.parked.empty()) {
+      run.poke();
+    }
+    run.update_ready(readiness);
+  }
+  notify_ready(readiness);  // before the events: whoever reacts to one sees readiness up to date
+  core.flush();
+  deliver_stop(run, act);
+  force(act.force);
+}
+
+/// The completion handler of a child's coroutine: owns the node until the
+/// coroutine is gone, and gives it the node's signal as parent slot.
+struct ChildDone {
+  std::shared_ptr<ChildNode> node;
+
+  using cancellation_slot_type = asio::cancellation_slot;
+  cancellation_slot_type get_cancellation_slot() const noexcept { return node->cancel.slot(); }
+
+  void operator()(const std::exception_ptr& e) {
+    node->done = true;
+    child_ended(node, e);
+  }
+};
+
+/// The child's handle reported readiness.
+void ChildNode::on_ready(bool declared) {
+  auto node = shared_from_this();
+  const auto run_ref = node->run.lock();
+  if (!run_ref) return;
+  ManagerRun& run = *run_ref;
+  ManagerCore& core = *run.core;
+  ReadyNotice readiness;
+  {
+    std::lock_guard lock(core.mu);
+    if (!node->linked || node->ready || node->parked) return;
+    if (node->state != ChildState::starting && node->state != ChildState::running) return;
+    const auto t = now_us();
+    // A guard's first report (its ticker) is also when it counts as
+    // running: one critical section instead of two per child.
+    run.set_state(*node, ChildState::running, {}, {}, t);
+    if (!declared && node->options && node->options->explicit_ready) return;
+    node->ready = true;
+    ++run.ready_count;
+    run.set_state(*node, ChildState::ready, {}, {}, t);
+    if (run.awaiting == node.get()) run.poke();
+    run.update_ready(readiness);
+  }
+  notify_ready(readiness);  // before the events: whoever reacts to one sees readiness up to date
+  flush_after(core);
+}
+
+void ChildNode::on_running() {
+  auto node = shared_from_this();
+  const auto run_ref = node->run.lock();
+  if (!run_ref) return;
+  ManagerCore& core = *run_ref->core;
+  {
+    std::lock_guard lock(core.mu);
+    if (!node->linked || node->parked || node->state != ChildState::starting) return;
+    run_ref->set_state(*node, ChildState::running);
+  }
+  flush_after(core);
+}
+
+void ChildNode::on_unready() {
+  auto node = shared_from_this();
+  const auto run_ref = node->run.lock();
+  if (!run_ref) return;
+  ManagerRun& r = *run_ref;
+  ManagerCore& core = *r.core;
+  ReadyNotice readiness;
+  {
+    std::lock_guard lock(core.mu);
+    if (!node->linked || !node->ready) return;
+    node->ready = false;
+    --r.ready_count;
+    if (node->state == ChildState::ready) r.set_state(*node, ChildState::running);
+    r.update_ready(readiness);
+  }
+  notify_ready(readiness);  // before the events: whoever reacts to one sees readiness up to date
+  flush_after(core);
+}
+
+/// Drops a shutdown that is still unread in `handle`: it was meant for a
+/// run of that service that has ended (see RunScoped).
+void forget_shutdown(const std::shared_ptr<ProcessControlHandler>& handle) {
+  if (auto* scoped = dynamic_cast<RunScoped*>(handle.get())) scoped->forget_shutdown();
+}
+
+/// Connects the child's handle to the node, so that readiness reaches it.
+/// Returns false when the handle cannot tell (then running is ready).
+bool watch(ChildNode& node, const std::shared_ptr<ManagerRun>& run) {
+  ProcessControlHandler& h = *node.handle;
+  std::weak_ptr<ReadinessTarget> self = std::weak_ptr<ChildNode>(node.shared_from_this());
+  // A nested manager learns its place: its paths, its readiness, and
+  // whether to pass its events up.
+  if (typeid(h) == typeid(ManagerHandle)) {
+    if (auto nested = static_cast<ManagerHandle&>(h).core()) {
+      attach_parent(*nested, run->core, std::move(self));
+      return true;
+    }
+    return false;
+  }
+  // A guard's handle (the common case, tested first without a cast) and
+  // other sources take the node itself as their watcher: no function object
+  // per child. Any other handle gets a function.
+  if (typeid(h) == typeid(GuardState)) {
+    static_cast<GuardState&>(h).watch_target(std::move(self));
+    return true;
+  }
+  if (auto* source = dynamic_cast<ReadinessSource*>(&h)) {
+    source->watch_target(std::move(self));
+    return true;
+  }
+  return h.watch_readiness([weak = std::weak_ptr<ChildNode>(node.shared_from_this())](bool declared) {
+    if (auto n = weak.lock()) n->on_ready(declared);
+  });
+}
+
+void spawn(const std::shared_ptr<ChildNode>& node, asio::awaitable<void> body, bool again) {
+  // Spawned from a plain post rather than directly: co_spawn's own hop to
+  // the strand counts as a continuation, which Asio keeps on the current
+  // thread's private queue, so every child of a manager would start on the
+  // manager's thread and a busy child could hold the others back. A post
+  // goes to the shared queue and wakes an idle thread.
+  asio::post(node->executor(), [node, body = std::move(body), again]() mutable {
+    if (again) node->done = false;  // strand-local, like the coroutine it belongs to
+    // A handle that cannot report readiness: running is ready. A guard's
+    // handle reports both when the service takes its ticker (on_ready).
+    if (!node->watches) node->on_ready(true);
+    asio::co_spawn(node->executor(), std::move(body), ChildDone{node});
+  });
+}
+
+std::shared_ptr<ChildNode> start_child(const std::shared_ptr<ManagerRun>& run, std::shared_ptr<Runnable> child,
+                                       std::shared_ptr<const ChildOptions> options,
+                                       const std::deque<RuntimeControlMessage>& initial) {
+  ManagerCore& core = *run->core;
+  // User code (the name, the handle, the watcher) runs here, before the lock.
+  std::string name = name_of(*child);
+  std::shared_ptr<ProcessControlHandler> handle = child->process_handle();
+  if (!handle) {
+    throw std::invalid_argument("ProcessManager '" + core.name + "': child '" + name +
+                                "' returned a null process_handle()");
+  }
+  // In a later run of this manager, a stop left unread from the run before
+  // belongs to that run.
+  if (core.runs > 1) forget_shutdown(handle);
+  auto node = std::make_shared<ChildNode>(std::move(child), handle, std::move(name), strand_of(run->base), run,
+                                          run->base, std::move(options));
+  node->watches = watch(*node, run);
+  bool stop_now = false;
+  ReadyNotice readiness;
+  {
+    std::lock_guard lock(core.mu);
+    if (!run->accepting) throw std::logic_error("ProcessManager '" + core.name + "': add() after the manager finished");
+    node->since = now_us();
+    const auto now = clock::now();
+    if (node->options && node->options->start_timeout) node->mark = now;
+    node->run_started = now;
+    run->link(node);
+    if (core.observed()) {
+      Event ev;
+      ev.kind = EventKind::state;
+      ev.path = core.event_path(node->name);
+      ev.time = node->since;
+      ev.state = ChildState::starting;
+      ev.previous = ChildState::starting;
+      core.queue(std::move(ev));
+    }
+    stop_now = run->stopping;
+    if (stop_now) {
+      node->told = true;
+      node->mark = now;
+      node->state = ChildState::stopping;
+    }
+    if (run->special > 0) run->poke();  // its start timeout joins the deadlines
+    run->update_ready(readiness);       // a new child makes the manager not ready
+  }
+  notify_ready(readiness);  // before the events: whoever reacts to one sees readiness up to date
+  core.flush();
+  // Kept in the child's inbox and delivered to its first tick. A shutdown
+  // among them is the one this child gets: it must not get a second.
+  bool told_to_stop = false;
+  for (const auto& msg : initial) {
+    told_to_stop = told_to_stop || msg.is_shutdown();
+    handle->control(msg);
+  }
+  if (stop_now && !told_to_stop) handle->request_shutdown();
+
+  asio::awaitable<void> body;
+  try {
+    body = node->runnable->process_start();
+  } catch (...) {
+    // A process_start() that throws before returning its coroutine fails
+    // like one that throws inside it.
+    node->done = true;
+    child_ended(node, std::current_exception());
+    return node;
+  }
+  spawn(node, std::move(body), false);
+  return node;
+}
+
+/// Runs a parked child again (same node, same handle, a fresh coroutine).
+void restart_child(const std::shared_ptr<ManagerRun>& run, const std::shared_ptr<ChildNode>& node) {
+  ManagerCore& core = *run->core;
+  // Whatever stop reached it before it ended belongs to the run that ended.
+  forget_shutdown(node->handle);
+  asio::awaitable<void> body;
+  std::exception_ptr error;
+  try {
+    body = node->runnable->process_start();
+  } catch (...) {
+    error = std::current_exception();
+  }
+  {
+    std::lock_guard lock(core.mu);
+    node->run_started = clock::now();
+    node->mark = node->run_started;
+    node->exited = false;
+    run->set_state(*node, ChildState::starting);
+    if (run->sequential()) run->awaiting = node.get();
+    run->poke();  // its start timeout, or the next sequential restart
+  }
+  core.flush();
+  if (error) {
+    child_ended(node, error);
+    return;
+  }
+  spawn(node, std::move(body), true);
+}
+
+void execute(ManagerRun& run, Actions& act) {
+  run.core->flush();
+  deliver_stop(run, act);
+  force(act.force);
+}
+
+/// Waits on the run's timer until its deadline or a poke. The wait is set
+/// up under the lock, so a poke cannot fall between check and wait.
+template <class Token>
+auto wait_for_event(ManagerRun& run, asio::steady_timer& timer, Token&& token) {
+  return asio::async_initiate<Token, void(boost::system::error_code)>(
+      [&run, &timer](auto handler) {
+        std::lock_guard lock(run.core->mu);
+        clock::time_point deadline = run.next_deadline();
+        if (run.wake) {
+          run.wake = false;
+          deadline = clock::time_point::min();
+        }
+        timer.expires_at(deadline);
+        timer.async_wait(std::move(handler));
+      },
+      token);
+}
+
+/// Starts one child from the run loop; a child that cannot start fails the
+/// manager (and so stops the others).
+/// `counted`: the plan counted it in pending_starts (a sequential start),
+/// so that the manager was not ready while it was on its way.
+void start_or_fail(const std::shared_ptr<ManagerRun>& run, const std::shared_ptr<Runnable>& child,
+                   std::shared_ptr<const ChildOptions> options, bool counted) {
+  ManagerCore& core = *run->core;
+  ReadyNotice readiness;
+  try {
+    auto node = start_child(run, child, std::move(options), run->initial);
+    if (run->sequential() || counted) {
+      std::lock_guard lock(core.mu);
+      if (counted) --run->pending_starts;
+      // It may have ended already (and be unlinked): then nothing waits on it.
+      if (run->sequential() && !run->stopping && node->linked) run->awaiting = node.get();
+      run->poke();
+      run->update_ready(readiness);
+    }
+  } catch (...) {
+    Actions act;
+    auto failures = failures_of(core.name, name_of(*child), std::current_exception(), false);
+    {
+      std::lock_guard lock(core.mu);
+      if (counted) --run->pending_starts;
+      run->failures.insert(run->failures.end(), failures.begin(), failures.end());
+      run->begin_stop(act);
+      run->update_ready(readiness);
+    }
+    notify_ready(readiness);
+    readiness.reset();
+    for (const auto& f : failures) log_line(LogLevel::error, f.process_name, "failed to start: " + describe(f.cause));
+    execute(*run, act);
+  }
+  notify_ready(readiness);
+  run->core->flush();
+}
+
+// GCC 12 at -O1 (the sanitizer builds) warns that this coroutine frame's
+// operator delete does not match its operator new: both are Asio's
+// awaitable_frame_base members, so the warning is a GCC false positive on
+// coroutine frames (it appears and disappears with unrelated edits of the
+// body), and it is silenced for this function alone.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+#endif
+asio::awaitable<void> run_manager(std::shared_ptr<ManagerCore> core) {
+  co_await asio::this_coro::throw_if_cancelled(false);
+  auto ex = co_await asio::this_coro::executor;
+  auto run = std::make_shared<ManagerRun>(core, base_of(ex));
+  asio::steady_timer timer(ex);
+  std::vector<std::pair<std::shared_ptr<Runnable>, std::shared_ptr<const ChildOptions>>> children;
+  {
+    std::lock_guard lock(core->mu);
+    if (!core->current.expired()) {
+      throw std::logic_error("ProcessManager '" + core->name + "': process_start() called while it is already running");
+    }
+    core->current = run;
+    ++core->runs;
+    core->finished = false;
+    core->set_self(ChildState::running);
+    core->self_error.clear();
+    core->ready = false;
+    run->timer = &timer;
+    if (run->sequential()) {
+      run->to_start.assign(core->inserted.begin(), core->inserted.end());
+    } else {
+      children = core->inserted;
+    }
+    core->finished_kept = 0;
+    // Kept messages go to every child before it starts; only the first
+    // shutdown among them, as when running.
+    for (auto& msg : core->pending) {
+      if (msg.is_shutdown()) {
+        if (run->stopping) continue;
+        run->stopping = true;
+        run->stop_at = clock::now();
+        run->to_start.clear();
+        core->set_self(ChildState::stopping);
+      }
+      run->initial.push_back(std::move(msg));
+    }
+    core->pending.clear();
+  }
+  // Whatever way the frame ends (return, throw, teardown), the loop's timer
+  // is no longer reachable through the run.
+  struct Detach {
+    ManagerRun& run;
+    ~Detach() {
+      std::lock_guard lock(run.core->mu);
+      run.timer = nullptr;
+      run.accepting = false;
+      run.awaiting = nullptr;
+    }
+  } detach{*run};
+
+  for (auto& [child, options] : children) start_or_fail(run, child, options, false);
+  {
+    ReadyNotice readiness;
+    {
+      std::lock_guard lock(core->mu);
+      run->launching = false;
+      run->update_ready(readiness);  // no children, or all ready at once
+      run->poke();                   // a sequential start begins in the loop
+    }
+    notify_ready(readiness);
+    core->flush();  // the manager's own state, for observers
+  }
+
+  std::vector<std::shared_ptr<Runnable>> abandoned_runnables;
+  for (;;) {
+    {
+      std::lock_guard lock(core->mu);
+      // Seen together with closing the door, so no add() can slip in after.
+      if (run->live == 0 && run->to_start.empty()) {
+        run->accepting = false;
+        break;
+      }
+    }
+    boost::system::error_code ec;
+    auto token = asio::redirect_error(asio::use_awaitable, ec);
+    co_await wait_for_event(*run, timer, token);
+    const asio::cancellation_state cs = co_await asio::this_coro::cancellation_state;
+    const bool parent_cancelled = cs.cancelled() != asio::cancellation_type::none;
+    Actions act;
+    ReadyNotice readiness;
+    {
+      std::lock_guard lock(core->mu);
+      run->plan(clock::now(), parent_cancelled, act);
+      run->update_ready(readiness);
+    }
+    notify_ready(readiness);
+    execute(*run, act);
+    abandoned_runnables.insert(abandoned_runnables.end(), act.abandoned.begin(), act.abandoned.end());
+    for (auto& [child, options] : act.start) start_or_fail(run, child, options, true);
+    for (auto& node : act.restart) restart_child(run, node);
+    if (act.give_up) break;
+  }
+
+  std::vector<std::shared_ptr<Waiter>> waiters;
+  std::vector<Failure> failures;
+  std::vector<std::string> not_stopped;
+  ReadyNotice readiness;
+  {
+    std::lock_guard lock(core->mu);
+    run->accepting = false;
+    run->timer = nullptr;
+    run->stopping = true;
+    run->update_ready(readiness);
+    waiters.swap(run->stopped_waiters);
+    failures = run->failures;
+    not_stopped = run->not_stopped;
+    core->set_self(failures.empty() ? ChildState::stopped : ChildState::failed);
+    core->finished = true;
+    if (!failures.empty()) core->self_error = describe(failures.front());
+    if (core->current.lock() == run) core->current.reset();
+  }
+  notify_ready(readiness);
+  core->flush();
+  // Completion means delivered: every event of this run has been handed to
+  // every hook and observer before the caller (or a shutdown() waiter)
+  // hears of the end. Another thread may still be delivering some.
+  bool busy = false;
+  {
+    std::lock_guard lock(core->mu);
+    busy = core->dispatching || !core->events.empty();
+  }
+  if (busy) {
+    auto wait_drained = [&core](auto handler) {
+      auto w = Waiter::make(std::move(handler));
+      {
+        std::lock_guard lock(core->mu);
+        if (core->dispatching || !core->events.empty()) {
+          core->drained.push_back(std::move(w));
+          return;
+        }
+      }
+      w->complete(true);
+    };
+    co_await asio::async_initiate<const asio::use_awaitable_t<>&, void(bool)>(std::move(wait_drained),
+                                                                              asio::use_awaitable);
+  }
+  for (auto& w : waiters) w->complete(true);
+  if (!failures.empty()) {
+    Failure first = failures.front();
+    throw ProcessError(std::move(first.process_name), std::move(first.cause), std::move(failures),
+                       std::move(first.reason), std::move(not_stopped));
+  }
+}
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+
+}  // namespace pm::detail

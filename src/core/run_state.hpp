@@ -1,0 +1,470 @@
+// What one run of a manager knows and decides: its children's books, its
+// deadlines, its restarts and its stop. Everything here runs under the
+// manager's lock and calls no user code; the caller carries out the
+// Actions after unlocking.
+#pragma once
+
+#include "manager.hpp"
+
+namespace pm::detail {
+
+/// One execution of process_start(). Its frame owns it; its children refer
+/// to it weakly, so a child that outlives the run (abandoned) reports into
+/// nothing, never into the next run, and a torn-down run frees its books.
+class ManagerRun {
+ public:
+  ManagerRun(std::shared_ptr<ManagerCore> c, asio::any_io_executor b)
+      : core(std::move(c)), base(std::move(b)), intensity(core->max_restarts, core->window) {}
+  /// Reached when the run's frame is destroyed unfinished (its io_context
+  /// torn down): the children it still owns are let go. No lock: nothing
+  /// else can reach the run any more.
+  ~ManagerRun() {
+    for (ChildNode* n = head; n != nullptr;) {
+      ChildNode* next = n->next;
+      n->linked = false;
+      auto keep = std::move(n->keep);  // may destroy n
+      n = next;
+    }
+  }
+  ManagerRun(const ManagerRun&) = delete;
+  ManagerRun& operator=(const ManagerRun&) = delete;
+
+  const std::shared_ptr<ManagerCore> core;
+  const asio::any_io_executor base;
+
+  // Everything below is under core->mu.
+  ChildNode* head = nullptr;  // insertion order, head first
+  ChildNode* tail = nullptr;
+  std::size_t live = 0;
+  std::size_t ready_count = 0;
+  std::size_t special = 0;  // live children with a shutdown or start timeout of their own
+  bool accepting = true;
+  // The initial children of a concurrent start are still being started: the
+  // first ones may be ready before the last ones exist, and that is not ready.
+  bool launching = true;
+  bool stopping = false;
+  bool telling = false;  // a concurrent stop's messages are still being handed out
+  bool forcing = false;
+  clock::time_point stop_at{};
+  clock::time_point force_at{};
+  std::vector<Failure> failures;
+  std::vector<std::string> not_stopped;
+  asio::steady_timer* timer = nullptr;
+  bool wake = false;
+  std::vector<std::shared_ptr<Waiter>> stopped_waiters;  // in shutdown()
+  // Sequential start: the children still to start, and the one whose
+  // readiness the next start waits for.
+  std::deque<std::pair<std::shared_ptr<Runnable>, std::shared_ptr<const ChildOptions>>> to_start;
+  ChildNode* awaiting = nullptr;  // linked, or null: unlinking clears it
+  // Children taken off to_start (or a restart list) that are not linked
+  // yet: the manager is not ready while one is on its way.
+  std::size_t pending_starts = 0;
+  std::deque<RuntimeControlMessage> initial;  // kept messages, for children started later
+  // Restarting strategies.
+  std::vector<ChildNode*> parked;        // ended children waiting for their restart (mark = when); linked
+  std::size_t group_running = 0;         // group members told to stop and still running
+  clock::time_point group_restart_at{};  // when the current group restarts
+  RestartIntensity intensity;            // the manager's, under a restarting strategy
+
+  bool sequential() const { return core->order == StartOrder::sequential; }
+
+  void link(const std::shared_ptr<ChildNode>& node) {
+    ChildNode& n = *node;
+    n.keep = node;
+    n.prev = tail;
+    if (tail != nullptr) tail->next = &n;
+    tail = &n;
+    if (head == nullptr) head = &n;
+    n.linked = true;
+    ++live;
+    if (n.options && (n.options->shutdown_timeout || n.options->start_timeout)) ++special;
+  }
+  /// Takes `n` off the books; returns the run's reference to it, to be
+  /// released after the lock (its destructor may run user code).
+  [[nodiscard]] std::shared_ptr<ChildNode> unlink(ChildNode& n) {
+    if (!n.linked) return nullptr;
+    if (awaiting == &n) awaiting = nullptr;
+    if (n.prev != nullptr) n.prev->next = n.next;
+    if (n.next != nullptr) n.next->prev = n.prev;
+    if (head == &n) head = n.next;
+    if (tail == &n) tail = n.prev;
+    n.prev = n.next = nullptr;
+    n.linked = false;
+    --live;
+    if (n.ready) --ready_count;
+    if (n.options && (n.options->shutdown_timeout || n.options->start_timeout)) --special;
+    return std::move(n.keep);
+  }
+  /// Wakes the run's loop; call with core->mu held.
+  void poke() {
+    wake = true;
+    if (timer != nullptr) timer->cancel();
+  }
+
+  /// Records a state change and queues its event. Under core->mu.
+  void set_state(ChildNode& n, ChildState to, std::exception_ptr cause = {}, std::string detail = {},
+                 sys_clock::time_point when = {}) {
+    if (n.state == to) return;
+    const ChildState from = n.state;
+    n.state = to;
+    n.since = when == sys_clock::time_point{} ? now_us() : when;
+    // Routine changes with nobody listening build nothing.
+    const bool notable = to == ChildState::failed || to == ChildState::abandoned || to == ChildState::restarting ||
+                         cause || !detail.empty();
+    if (!notable && !core->observed()) return;
+    Event ev;
+    ev.kind = EventKind::state;
+    ev.state = to;
+    ev.previous = from;
+    ev.cause = std::move(cause);
+    ev.detail = std::move(detail);
+    ev.path = core->event_path(n.name);
+    ev.time = n.since;
+    core->queue(std::move(ev));
+  }
+
+  /// Whether the manager counts as ready now. Under core->mu.
+  bool all_ready() const {
+    return accepting && !launching && !stopping && to_start.empty() && pending_starts == 0 && ready_count == live;
+  }
+  /// Publishes a change of readiness: fills in who to tell. Under core->mu.
+  void update_ready(ReadyNotice& out) {
+    const bool now_ready = all_ready();
+    // Waiters also hear "false" once shutdown begins: it will not be ready.
+    if (now_ready == core->ready && !(stopping && !core->ready_waiters.empty())) return;
+    const bool changed = now_ready != core->ready;
+    core->ready = now_ready;
+    out.emplace();
+    out->ready = now_ready;
+    if (changed) out->target = core->ready_target.lock();
+    if (now_ready) {
+      core->set_self(ChildState::ready);
+      out->watch = core->ready_watch;
+    } else if (changed && core->self_state == ChildState::ready) {
+      core->set_self(ChildState::running);
+    }
+    if (now_ready || stopping) out->waiters.swap(core->ready_waiters);
+  }
+
+  /// Starts the graceful stop. Under core->mu; the returned actions say
+  /// whom to tell.
+  void begin_stop(Actions& act) {
+    if (stopping) return;
+    stopping = true;
+    stop_at = clock::now();
+    core->set_self(ChildState::stopping);
+    to_start.clear();  // a sequential start ends here
+    awaiting = nullptr;
+    // Children waiting for a restart are simply done.
+    for (ChildNode* p : parked) {
+      p->parked = false;
+      set_state(*p, ChildState::stopped, {}, "stopping; restart cancelled");
+      act.released.push_back(unlink(*p));
+    }
+    parked.clear();
+    if (!sequential()) {
+      // The grace period starts once every child has its message (see
+      // told_all): a thread that hands them out slowly must not let the
+      // grace run out on a child that was never asked.
+      telling = true;
+      act.stop_fanout = true;
+      act.tell.reserve(act.tell.size() + live);
+      // Newest first, as a sequential stop would; it also suits Asio's
+      // timer heap, where the newest timers sit at the end and leave in O(1).
+      const auto when = now_us();  // one timestamp for the whole fan-out
+      for (ChildNode* n = tail; n != nullptr; n = n->prev) tell(*n, act, stop_at, when);
+    }
+    poke();
+  }
+  void tell(ChildNode& n, Actions& act, clock::time_point now, sys_clock::time_point when = {}) {
+    // A child that has ended is not told: its next run must not read a
+    // stop meant for this one.
+    if (n.told || n.exited) return;
+    n.told = true;
+    n.mark = now;
+    set_state(n, ChildState::stopping, {}, {}, when);
+    act.tell.push_back(n.handle);
+  }
+  void force_one(ChildNode& n, clock::time_point now, Actions& act) {
+    if (n.forced) return;
+    n.forced = true;
+    n.mark = now;
+    if (auto sp = n.weak_from_this().lock()) act.force.push_back(std::move(sp));
+  }
+  /// Marks every live child forced. Under core->mu.
+  void begin_force(Actions& act) {
+    forcing = true;
+    stopping = true;
+    force_at = clock::now();
+    act.force.reserve(live);
+    for (ChildNode* n = tail; n != nullptr; n = n->prev) force_one(*n, force_at, act);
+  }
+  void abandon(ChildNode& n, Actions& act) {
+    const std::string path = core->name + "/" + n.name;
+    not_stopped.push_back(path);
+    Event ev;
+    ev.kind = EventKind::abandoned;
+    ev.path = core->event_path(n.name);
+    ev.time = now_us();
+    ev.detail = "ignored terminal cancellation; abandoned so that the manager can stop";
+    core->queue(std::move(ev));
+    set_state(n, ChildState::abandoned);
+    act.abandoned.push_back(n.runnable);
+    act.released.push_back(unlink(n));
+  }
+
+  /// The next moment the loop must look, given the state. Under core->mu.
+  clock::time_point next_deadline() const {
+    clock::time_point d = clock::time_point::max();
+    if (forcing) {
+      d = sat_add(force_at, core->abandon);
+    } else if (stopping && !sequential() && special == 0 && !telling) {
+      d = sat_add(stop_at, core->grace);
+    }
+    if (!stopping && !parked.empty() && group_running == 0) {
+      for (const auto& p : parked) d = std::min(d, p->mark);
+    }
+    if (special > 0 || sequential() || (group_running > 0 && !stopping)) {
+      for (const ChildNode* n = head; n != nullptr; n = n->next) {
+        if (n->parked) continue;
+        if (n->forced) {
+          d = std::min(d, sat_add(n->mark, core->abandon));
+        } else if (n->told && !telling) {
+          d = std::min(d, sat_add(n->mark, n->timeout_or(core->grace)));
+        } else if (!stopping && !n->ready && n->options && n->options->start_timeout) {
+          d = std::min(d, sat_add(n->mark, *n->options->start_timeout));
+        }
+      }
+    }
+    return d;
+  }
+
+  /// Looks at the clock and the children; decides what to do. Under core->mu.
+  void plan(clock::time_point now, bool parent_cancelled, Actions& act) {
+    if (parent_cancelled && !forcing) {
+      // A fan-out still in flight finishes first (told_all pokes us): every
+      // child is asked to stop before it is cancelled, even when our parent
+      // ran out of patience while another thread was handing messages out.
+      if (telling) return;
+      begin_force(act);
+      return;
+    }
+    if (!stopping && (special > 0 || sequential())) check_start_timeouts(now, act);
+    if (!stopping && group_running > 0) plan_group_stop(now, act);
+    if (!stopping && !parked.empty() && group_running == 0) plan_restarts(now, act);
+    if (!stopping && sequential()) {
+      const bool gate_open = !awaiting || awaiting->ready || !awaiting->linked;
+      if (gate_open && !to_start.empty()) {
+        act.start.push_back(std::move(to_start.front()));
+        to_start.pop_front();
+        ++pending_starts;  // not ready until it is on the books
+      }
+      return;
+    }
+    if (!stopping) return;
+    if (forcing) {
+      if (now >= sat_add(force_at, core->abandon)) {
+        give_up(act);
+      }
+      return;
+    }
+    if (telling) return;  // the grace starts once every child has its message
+    if (sequential()) {
+      plan_sequential_stop(now, act);
+    } else if (special == 0) {
+      if (now >= sat_add(stop_at, core->grace)) begin_force(act);
+    } else {
+      // Some children have timeouts of their own: each is forced at its
+      // own deadline, and abandoned at its own bound after that.
+      for (ChildNode* n = head; n != nullptr;) {
+        ChildNode* next = n->next;
+        if (n->forced) {
+          if (now >= sat_add(n->mark, core->abandon)) abandon(*n, act);
+        } else if (n->told && now >= sat_add(n->mark, n->timeout_or(core->grace))) {
+          force_one(*n, now, act);
+        }
+        n = next;
+      }
+    }
+  }
+
+  /// Reverse insertion order: the last live child is told, waited for (its
+  /// own timeout), forced, and abandoned after the bound, before the one
+  /// before it is told.
+  void plan_sequential_stop(clock::time_point now, Actions& act) {
+    while (tail != nullptr) {
+      ChildNode& n = *tail;
+      if (!n.told) {
+        tell(n, act, now);
+        return;
+      }
+      if (!n.forced) {
+        if (now >= sat_add(n.mark, n.timeout_or(core->grace))) force_one(n, now, act);
+        return;
+      }
+      if (now < sat_add(n.mark, core->abandon)) return;
+      abandon(n, act);
+    }
+  }
+
+  /// Group members that outstay their shutdown timeout are cancelled, and
+  /// abandoned after the bound (they are then not restarted).
+  void plan_group_stop(clock::time_point now, Actions& act) {
+    for (ChildNode* n = head; n != nullptr;) {
+      ChildNode* next = n->next;
+      if (n->group && !n->parked) {
+        if (n->forced) {
+          if (now >= sat_add(n->mark, core->abandon)) {
+            n->group = false;
+            --group_running;
+            abandon(*n, act);
+          }
+        } else if (n->told && now >= sat_add(n->mark, n->timeout_or(core->grace))) {
+          force_one(*n, now, act);
+        }
+      }
+      n = next;
+    }
+  }
+
+  /// Restarts the parked children whose time has come, in insertion order
+  /// (one at a time, each once the previous is ready, when sequential).
+  void plan_restarts(clock::time_point now, Actions& act) {
+    if (sequential() && awaiting && awaiting->linked && !awaiting->ready && !awaiting->parked) return;
+    for (ChildNode* n = head; n != nullptr; n = n->next) {
+      if (!n->parked || n->mark > now) continue;
+      parked.erase(std::find(parked.begin(), parked.end(), n));
+      n->parked = false;
+      act.restart.push_back(n->keep);
+      if (sequential()) break;
+    }
+  }
+
+  /// Under a restarting strategy, or for a child with restart options under
+  /// stop_all, decides what a child's end means. Returns true when it is
+  /// handled here: kept for a restart, let go without failing the manager
+  /// (temporary), or the manager gave up. One engine for every strategy:
+  /// under stop_all the child's own RestartOptions limit it (its
+  /// max_restarts within its window), under the others the manager's
+  /// intensity does. Under core->mu.
+  bool supervise_end(const std::shared_ptr<ChildNode>& node, const std::exception_ptr& e, bool failed, Actions& act) {
+    ChildNode& n = *node;
+    const bool own_limit = core->strategy == Strategy::stop_all;
+    if (own_limit && !(n.options && n.options->restart)) return false;
+    if (stopping) {
+      // No restarts now; but a temporary child's failure stays its own.
+      const bool temporary = n.options && n.options->restart && n.options->restart->policy == RestartPolicy::temporary;
+      if (!failed || !temporary) return false;
+      n.last_error = e;
+      set_state(n, ChildState::failed, e, "temporary child; not restarted");
+      return true;
+    }
+    const clock::time_point now = clock::now();
+    if (n.group) {
+      // Stopped so that its group restarts together: wait with the others.
+      n.group = false;
+      --group_running;
+      ++n.restarts;
+      if (failed) n.last_error = e;
+      park(node, std::max(now, group_restart_at));
+      set_state(n, ChildState::restarting, {}, "restarting with its group");
+      return true;
+    }
+    const RestartOptions ro = n.options && n.options->restart ? *n.options->restart : RestartOptions{};
+    const bool again = failed ? ro.policy != RestartPolicy::temporary : ro.policy == RestartPolicy::permanent;
+    if (!again) {
+      if (!failed) return false;
+      n.last_error = e;
+      set_state(n, ChildState::failed, e, "temporary child; not restarted");
+      return true;
+    }
+    const std::string path = core->name + "/" + n.name;
+    if (own_limit && !n.intensity) n.intensity.emplace(ro.max_restarts, ro.window);
+    RestartIntensity& limit = own_limit ? *n.intensity : intensity;
+    if (!limit.record(now)) {
+      std::string reason = limit.exceeded();
+      std::exception_ptr cause = e;
+      if (!cause) cause = std::make_exception_ptr(std::runtime_error("'" + path + "' ended and is permanent"));
+      Event ev;
+      ev.kind = EventKind::give_up;
+      ev.path = core->event_path(n.name);
+      ev.time = now_us();
+      ev.cause = cause;
+      ev.detail = reason;
+      core->queue(std::move(ev));
+      n.last_error = cause;
+      set_state(n, ChildState::failed, cause, reason);
+      failures.push_back(Failure{path, cause, std::move(reason), false});
+      begin_stop(act);
+      return true;
+    }
+    // Backoff: initial * factor^(k-1), capped, k counting the restarts since
+    // the child last ran reset_after without ending.
+    if (now - n.run_started >= ro.reset_after) n.consecutive = 0;
+    ++n.consecutive;
+    const auto backoff = backoff_delay(ro.backoff, n.consecutive);
+    ++n.restarts;
+    if (failed) n.last_error = e;
+    Event ev;
+    ev.kind = EventKind::restart;
+    ev.path = core->event_path(n.name);
+    ev.time = now_us();
+    ev.cause = e;
+    ev.backoff = backoff;
+    ev.detail = failed ? "failed" : "ended; permanent";
+    core->queue(std::move(ev));
+    park(node, sat_add(now, backoff));
+    set_state(n, ChildState::restarting, e);
+    // The rest of its group stops (newest first) and restarts with it.
+    if (core->strategy != Strategy::one_for_one) {
+      group_restart_at = sat_add(now, backoff);
+      ChildNode* first = core->strategy == Strategy::one_for_all ? head : n.next;
+      for (ChildNode* m = tail; m != nullptr && first != nullptr; m = m->prev) {
+        if (m != &n && !m->parked && !m->group) {
+          m->group = true;
+          ++group_running;
+          tell(*m, act, now);
+        }
+        if (m == first) break;
+      }
+    }
+    return true;
+  }
+
+  void park(const std::shared_ptr<ChildNode>& node, clock::time_point at) {
+    ChildNode& n = *node;
+    n.parked = true;
+    n.mark = at;
+    n.told = false;
+    n.forced = false;
+    if (n.ready) {
+      n.ready = false;
+      --ready_count;
+    }
+    parked.push_back(&n);
+  }
+
+  void check_start_timeouts(clock::time_point now, Actions& act) {
+    for (ChildNode* n = head; n != nullptr; n = n->next) {
+      if (n->ready || n->parked || n->told || !n->options || !n->options->start_timeout) continue;
+      if (now < sat_add(n->mark, *n->options->start_timeout)) continue;
+      const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(*n->options->start_timeout).count();
+      const std::string path = core->name + "/" + n->name;
+      auto cause = std::make_exception_ptr(
+          std::runtime_error("'" + path + "' did not become ready within " + std::to_string(ms) + " ms"));
+      failures.push_back(Failure{path, cause, "start timeout", false});
+      n->last_error = cause;
+      set_state(*n, ChildState::failed, cause, "start timeout");
+      begin_stop(act);
+      return;
+    }
+  }
+
+  void give_up(Actions& act) {
+    act.give_up = true;
+    accepting = false;
+    while (head != nullptr) abandon(*head, act);
+  }
+};
+
+}  // namespace pm::detail
