@@ -97,8 +97,9 @@ format-check:
 	clang-format --dry-run --Werror $(SOURCES)
 	@echo "clang-format: clean"
 
+MODEL_SEEDS ?= 10000
 stress: build
-	PM_STRESS_RUNS=$(STRESS_RUNS) PM_LOG=off ./$(BUILD)/tests/pm_tests --gtest_filter='stress.*'
+	PM_STRESS_RUNS=$(STRESS_RUNS) PM_MODEL_SEEDS=$(MODEL_SEEDS) PM_LOG=off ./$(BUILD)/tests/pm_tests --gtest_filter='stress.*:model.*'
 
 soak: build
 	./$(BUILD)/tests/pm_soak --cycles $(SOAK_CYCLES) --services 100

@@ -416,7 +416,7 @@ class ManagerRun {
     park(node, sat_add(now, backoff));
     set_state(n, ChildState::restarting, e);
     // The rest of its group stops (newest first) and restarts with it.
-    if (core->strategy != Strategy::one_for_one) {
+    if (core->strategy == Strategy::one_for_all || core->strategy == Strategy::rest_for_one) {
       group_restart_at = sat_add(now, backoff);
       ChildNode* first = core->strategy == Strategy::one_for_all ? head : n.next;
       for (ChildNode* m = tail; m != nullptr && first != nullptr; m = m->prev) {
