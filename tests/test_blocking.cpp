@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <array>
 #include <future>
 #include <memory>
 
@@ -134,15 +135,21 @@ TEST(blocking, the_thread_never_touches_an_io_context_stopped_and_destroyed_afte
   for (int i = 0; i < 300; ++i) {
     auto io = std::make_unique<asio::io_context>(1);
     auto work = asio::make_work_guard(*io);
-    pm::test::Event waiting;
-    auto svc = pm::make_blocking_runnable("waiter", [&waiting](BlockingContext& ctx) {
-      waiting.set();
-      while (!ctx.stop_requested()) ctx.wait_for(1s);
-    });
-    auto m = pm::ProcessManagerBuilder().name("root").pre_insert(svc).build();
+    // Several threads completing at once widen the window: the last
+    // completion ends the manager while the others are still in complete().
+    constexpr int services = 6;
+    std::array<pm::test::Event, services> waiting;
+    auto builder = pm::ProcessManagerBuilder().name("root");
+    for (auto& w : waiting) {
+      builder.pre_insert(pm::make_blocking_runnable("waiter", [&w](BlockingContext& ctx) {
+        w.set();
+        while (!ctx.stop_requested()) ctx.wait_for(1s);
+      }));
+    }
+    auto m = builder.build();
     auto done = asio::co_spawn(*io, m->process_start(), asio::use_future);
     std::thread runner([&io] { io->run(); });
-    ASSERT_TRUE(waiting.wait());
+    for (auto& w : waiting) ASSERT_TRUE(w.wait());
     m->process_handle()->request_shutdown();
     ASSERT_EQ(done.wait_for(pm::test::hang_guard), std::future_status::ready);
     EXPECT_NO_THROW(done.get());
