@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -89,6 +90,14 @@ int main(int argc, char** argv) {
     builder.shutdown_grace_period(std::chrono::milliseconds(100)).abandon_timeout(std::chrono::milliseconds(100));
   auto root = builder.pre_insert(worker("a", mode == "stubborn")).pre_insert(worker("b", false)).build();
   if (mode == "sleeper1" || mode == "sleeper2") root->insert(sleeper("s"));
+  if (mode == "throwing-handler") {
+    // A handler that throws out of io_context::run(): not a service's
+    // failure, but the run's.
+    root->insert(pm::make_runnable("poster", [](pm::RuntimeContext&) -> asio::awaitable<void> {
+      asio::post(co_await asio::this_coro::executor, [] { throw std::runtime_error("handler blew up"); });
+      co_return;
+    }));
+  }
   if (mode == "deaf") root->insert(deaf("p"));
   if (mode == "sleeper1") return pm::run(root, {.threads = 1, .handle_signals = true});
   if (mode == "fail") {

@@ -192,6 +192,18 @@ TEST(run, signal_handling_that_cannot_start_is_logged_and_fails_the_run) {
   EXPECT_NE(err.find("signal handling could not start"), std::string::npos) << err;
 }
 
+// Issue 12, item 5, the same rule for an exception thrown out of a handler
+// on an io thread: it used to end pm::run (or the process) unexplained; it
+// is now logged, stops the tree and fails the run.
+TEST(run, a_handler_that_throws_out_of_the_io_context_is_logged_and_fails_the_run) {
+  Child c("throwing-handler");
+  EXPECT_EQ(c.wait_exit(prompt), 1);
+  const auto err = c.stderr_text();
+  EXPECT_NE(err.find("a handler on an io thread failed: handler blew up; stopping the tree; the run fails"),
+            std::string::npos)
+      << err;
+}
+
 void noop_handler(int) {}
 
 // Issue 12, item 3: pm::run left SIG_DFL behind for every signal it had
