@@ -30,9 +30,9 @@ struct RunOptions {
 ///   service, coroutine or blocking thread alike (logged as an error, not
 ///   counted as a failure);
 /// - 1 when a service failed (the error, with the failing child's path, is
-///   logged), or when the signal handling or the systemd notifier failed
-///   (logged; the tree is stopped), or the signal handling could not start
-///   (the tree is then not run).
+///   logged), or when the signal handling, the systemd notifier or a
+///   handler on an io thread failed (logged; the tree is stopped), or the
+///   signal handling could not start (the tree is then not run).
 ///
 /// A second SIGINT or SIGTERM during the stop does not return: one line
 /// names the services not stopped and the process ends at once with
