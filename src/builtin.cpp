@@ -6,6 +6,7 @@
 #include <processmanager/builtin/signals.hpp>
 #include <processmanager/detail/guard_state.hpp>
 
+#include <signal.h>
 #include <algorithm>
 #include <cmath>
 #include <condition_variable>
@@ -66,23 +67,58 @@ SignalReceiver::SignalReceiver(std::shared_ptr<ProcessControlHandler> tree, Sign
   if (!tree_) throw std::invalid_argument("SignalReceiver: the tree's handle is null");
 }
 
-SignalReceiver::~SignalReceiver() = default;
+/// What each watched signal's disposition was before listen(): asio's
+/// signal_set resets a signal to SIG_DFL when its last registration goes,
+/// which would turn an ignored SIGHUP into one that kills the process.
+struct SignalReceiver::Saved {
+  std::vector<std::pair<int, struct sigaction>> actions;
+};
+
+SignalReceiver::~SignalReceiver() { uninstall(); }
+
+void SignalReceiver::uninstall() noexcept {
+  if (!signals_) return;
+  signals_.reset();  // asio removes its handlers (SIG_DFL where it was the last user)
+  if (!saved_) return;
+  for (const auto& [sig, before] : saved_->actions) {
+    struct sigaction now {};
+    // Only where asio left SIG_DFL behind: another signal_set still
+    // watching the signal keeps its handler.
+    if (::sigaction(sig, nullptr, &now) == 0 && (now.sa_flags & SA_SIGINFO) == 0 && now.sa_handler == SIG_DFL) {
+      ::sigaction(sig, &before, nullptr);
+    }
+  }
+  saved_.reset();
+}
 
 void SignalReceiver::listen(const asio::any_io_executor& ex) {
+  uninstall();  // a second listen() replaces the first, restoring in between
+  auto saved = std::make_unique<Saved>();
+  auto remember = [&saved](int sig) {
+    for (const auto& entry : saved->actions) {
+      if (entry.first == sig) return;
+    }
+    struct sigaction before {};
+    if (::sigaction(sig, nullptr, &before) == 0) saved->actions.emplace_back(sig, before);
+  };
+  for (int sig : options_.stop_signals) remember(sig);
+  for (int sig : options_.reload_signals) remember(sig);
   auto set = std::make_unique<asio::signal_set>(ex);
   for (int sig : options_.stop_signals) set->add(sig);
   for (int sig : options_.reload_signals) set->add(sig);
   signals_ = std::move(set);
+  saved_ = std::move(saved);
 }
 
 asio::awaitable<void> SignalReceiver::process_start() {
   auto ex = co_await asio::this_coro::executor;
   if (!signals_) listen(ex);
-  // The handlers go when this run ends, however it ends.
+  // The handlers go when this run ends, however it ends, and what was
+  // there before comes back.
   struct Uninstall {
-    std::unique_ptr<asio::signal_set>& set;
-    ~Uninstall() { set.reset(); }
-  } uninstall{signals_};
+    SignalReceiver& self;
+    ~Uninstall() { self.uninstall(); }
+  } uninstall{*this};
   asio::signal_set& signals = *signals_;
   auto ticker = co_await guard_.runtime_ticker();
   const auto is_in = [](const std::vector<int>& v, int sig) { return std::find(v.begin(), v.end(), sig) != v.end(); };
@@ -169,32 +205,43 @@ class BlockingState final : public ProcessControlHandler,
 };
 
 /// One run's completion, shared by the waiting coroutine and the thread.
-struct BlockingRun {
+///
+/// The thread that completes the run must not touch the io_context once the
+/// coroutine can have resumed: the manager may then complete, and its owner
+/// stop and destroy the io_context (`io.stop()`, `run_for` returning), while
+/// this thread is still inside post() or releasing an executor. So the
+/// posted handler waits until the completing thread has let go of
+/// everything of the io_context's (post() returned, its executor copy
+/// destroyed) before it resumes the coroutine. That wait is short (the rest
+/// of one post()) and never depends on the io_context itself. No counted
+/// work is needed: the posted handler is work until it has run.
+struct BlockingRun : std::enable_shared_from_this<BlockingRun> {
   std::mutex mu;
+  std::condition_variable cv;
   std::optional<std::pair<asio::any_io_executor, asio::any_completion_handler<void(std::exception_ptr)>>> waiter;
+  bool released = false;  // under mu: the completing thread no longer touches the io_context
 
   /// Resumes the coroutine with `e`, once; later calls do nothing.
   void complete(const std::exception_ptr& e) {
-    // Called from the service's own thread: once the handler has run, the
-    // io_context may run out of work and be destroyed while this thread
-    // still holds pieces of it (inside post(), or the last reference to
-    // the coroutine's strand). Counted work keeps run() from returning
-    // until everything else here is gone: it is declared first, so it is
-    // released last. (A strand releases its implementation before its
-    // work, so `work` itself is safe to drop last.)
-    std::optional<asio::any_io_executor> work;
+    std::unique_lock lock(mu);
+    if (!waiter) return;
     {
-      std::unique_lock lock(mu);
-      if (!waiter) return;
       auto taken = std::move(*waiter);
       waiter.reset();
       lock.unlock();
-      work.emplace(asio::prefer(taken.first, asio::execution::outstanding_work.tracked));
-      asio::post(taken.first, [h = std::move(taken.second), e]() mutable { std::move(h)(e); });
-    }
+      asio::post(taken.first, [self = shared_from_this(), h = std::move(taken.second), e]() mutable {
+        {
+          std::unique_lock wait(self->mu);
+          self->cv.wait(wait, [&self] { return self->released; });
+        }
+        std::move(h)(e);
+      });
+    }  // the executor (maybe the last reference to a strand) goes here, before the release
+    lock.lock();
+    released = true;
+    cv.notify_all();  // under the lock: the handler cannot miss it
   }
 };
-
 }  // namespace detail
 
 bool BlockingContext::wait_for(duration d) {

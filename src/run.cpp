@@ -1,12 +1,29 @@
 #include <processmanager/run.hpp>
 
+#include <processmanager/builtin/blocking.hpp>
 #include <processmanager/builtin/signals.hpp>
 #include <processmanager/systemd.hpp>
 
-#include <csignal>
-#include <cstdio>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include <array>
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <mutex>
 #include <optional>
 #include <stdexcept>
+#include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -16,96 +33,381 @@ namespace pm {
 
 using detail::log_line;
 
-int run(std::shared_ptr<Runnable> root, RunOptions options) {
-  if (!root) throw std::invalid_argument("pm::run: the root runnable is null");
-  // Owned here for the whole run, whatever the caller does with its copy.
-  const std::shared_ptr<Runnable> tree = std::move(root);
-  const std::size_t threads = options.threads == 0 ? 1 : options.threads;
-  const std::string root_name = tree->process_name();
+namespace {
 
-  asio::io_context io(static_cast<int>(threads));
-  auto strand = asio::make_strand(io);
-  auto handle = tree->process_handle();
-  asio::cancellation_signal root_cancel;  // emitted on `strand` only
-  std::exception_ptr failure;
-  int forced_by = 0;
-  bool finished = false;  // on `strand` only
+/// What pm::run handles: stop (SIGINT, SIGTERM, SIGQUIT) and reload (SIGHUP).
+constexpr std::array<int, 4> handled_signals{SIGINT, SIGTERM, SIGQUIT, SIGHUP};
 
-  // The receiver runs beside the tree, not in it, for the tree's whole life:
-  // so a second signal during the stop can still cancel the tree at once.
-  std::shared_ptr<SignalReceiver> receiver;
-  if (options.handle_signals && handle) {
-    SignalReceiverOptions so;
-    so.escalate = [strand, &root_cancel, &forced_by, &finished](int sig) {
-      // The root's cancellation is emitted on the root's strand.
-      asio::post(strand, [&root_cancel, &forced_by, &finished, sig] {
-        if (finished) return;
-        forced_by = sig;
-        root_cancel.emit(asio::cancellation_type::terminal);
-      });
-    };
-    receiver = std::make_shared<SignalReceiver>(handle, std::move(so));
-    auto receiver_strand = asio::make_strand(io);
-    receiver->listen(receiver_strand);  // before any thread runs: no signal slips through
-    asio::co_spawn(receiver_strand, receiver->process_start(), asio::detached);
+/// Used when the root is not a manager (which has its own abandon_timeout).
+constexpr std::chrono::seconds default_abandon_bound{5};
+
+[[noreturn]] void throw_errno(const char* what) { throw std::system_error(errno, std::generic_category(), what); }
+
+/// The handled signals, watched by a thread of its own: no io thread, stuck
+/// or not, stands between a signal and its handling. The signals are
+/// blocked in the calling thread before any of pm::run's threads exists
+/// (they all inherit the mask) and read from a signalfd; the previous mask
+/// is restored, and signals still pending are drained, when it goes.
+/// Dispositions are never touched, so whatever was there before (SIG_IGN
+/// included) is there afterwards.
+class SignalWatcher {
+ public:
+  SignalWatcher() {
+    sigemptyset(&set_);
+    for (int sig : handled_signals) sigaddset(&set_, sig);
+    if (const int rc = pthread_sigmask(SIG_BLOCK, &set_, &previous_mask_); rc != 0) {
+      throw std::system_error(rc, std::generic_category(), "pthread_sigmask");
+    }
+    blocked_ = true;
+    try {
+      signal_fd_ = ::signalfd(-1, &set_, SFD_NONBLOCK | SFD_CLOEXEC);
+      if (signal_fd_ < 0) throw_errno("signalfd");
+      wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+      if (wake_fd_ < 0) throw_errno("eventfd");
+    } catch (...) {
+      release();
+      throw;
+    }
+  }
+  SignalWatcher(const SignalWatcher&) = delete;
+  SignalWatcher& operator=(const SignalWatcher&) = delete;
+  ~SignalWatcher() {
+    stop();
+    release();
   }
 
-  // Beside the tree too: it reports the stop while the tree stops.
-  std::shared_ptr<SystemdNotifier> notifier;
-  if (options.notify_systemd) {
-    if (auto manager = std::dynamic_pointer_cast<ProcessManager>(tree)) {
+  /// Starts the thread: `on_signal` for each signal, `on_failure` if the
+  /// watch itself fails (the thread then ends).
+  void start(std::function<void(int)> on_signal, std::function<void(std::exception_ptr)> on_failure) {
+    thread_ = std::thread([this, on_signal = std::move(on_signal), on_failure = std::move(on_failure)] {
       try {
-        notifier = std::make_shared<SystemdNotifier>(manager);
-      } catch (const std::invalid_argument& e) {
-        // A malformed environment must not keep the service from running.
-        log_line(LogLevel::warn, root_name, std::string("systemd notify disabled: ") + e.what());
+        watch(on_signal);
+      } catch (...) {
+        on_failure(std::current_exception());
       }
-      if (notifier && notifier->enabled()) {
-        asio::co_spawn(asio::make_strand(io), notifier->run(), asio::detached);
-      } else {
-        notifier.reset();
-      }
+    });
+  }
+
+  /// Ends the thread (it never blocks in anything but poll() and the
+  /// handlers, which do not wait for the tree).
+  void stop() {
+    if (!thread_.joinable()) return;
+    const std::uint64_t one = 1;
+    while (::write(wake_fd_, &one, sizeof one) < 0 && errno == EINTR) {
     }
+    thread_.join();
+  }
+
+ private:
+  void watch(const std::function<void(int)>& on_signal) const {
+    for (;;) {
+      std::array<pollfd, 2> fds{pollfd{signal_fd_, POLLIN, 0}, pollfd{wake_fd_, POLLIN, 0}};
+      if (::poll(fds.data(), fds.size(), -1) < 0) {
+        if (errno == EINTR) continue;
+        throw_errno("poll");
+      }
+      if ((fds[1].revents & POLLIN) != 0) return;
+      if ((fds[0].revents & (POLLERR | POLLNVAL)) != 0) throw std::runtime_error("the signalfd failed");
+      signalfd_siginfo info{};
+      const ssize_t n = ::read(signal_fd_, &info, sizeof info);
+      if (n < 0) {
+        if (errno == EINTR || errno == EAGAIN) continue;
+        throw_errno("read(signalfd)");
+      }
+      if (n == static_cast<ssize_t>(sizeof info)) on_signal(static_cast<int>(info.ssi_signo));
+    }
+  }
+
+  void release() noexcept {
+    if (signal_fd_ >= 0) {
+      // What came after the end is dropped rather than left pending for the
+      // restored mask to deliver (which would kill the process with it).
+      signalfd_siginfo info{};
+      while (::read(signal_fd_, &info, sizeof info) == static_cast<ssize_t>(sizeof info)) {
+      }
+      ::close(signal_fd_);
+      signal_fd_ = -1;
+    }
+    if (wake_fd_ >= 0) {
+      ::close(wake_fd_);
+      wake_fd_ = -1;
+    }
+    if (blocked_) {
+      pthread_sigmask(SIG_SETMASK, &previous_mask_, nullptr);
+      blocked_ = false;
+    }
+  }
+
+  sigset_t set_{};
+  sigset_t previous_mask_{};
+  bool blocked_ = false;
+  int signal_fd_ = -1;
+  int wake_fd_ = -1;
+  std::thread thread_;
+};
+
+/// Everything the io threads touch. A thread stuck in a service keeps it
+/// alive after pm::run has returned (see the end of run()).
+struct RunState {
+  RunState(std::shared_ptr<Runnable> t, int threads) : tree(std::move(t)), io(threads) {}
+
+  std::shared_ptr<Runnable> tree;
+  std::shared_ptr<ProcessManager> manager;  // the tree, when it is one
+  std::shared_ptr<SystemdNotifier> notifier;
+  std::mutex mu;
+  std::condition_variable cv;
+  bool tree_done = false;      // under mu
+  bool notifier_done = true;   // under mu
+  std::size_t io_running = 0;  // under mu
+  std::exception_ptr failure;  // under mu: what the tree threw
+  bool beside_failed = false;  // under mu: signal handling, the notifier or an io thread failed
+  asio::io_context io;         // last: destroyed first, while the tree still exists
+};
+
+/// Something that runs beside the tree failed: logged, and the run fails
+/// (exit 1); the tree is asked to stop, since what watched it is gone.
+void fail_beside(RunState& st, const std::string& root_name, const std::string& what, const std::exception_ptr& e) {
+  log_line(LogLevel::error, root_name, what + " failed: " + describe(e) + "; stopping the tree; the run fails");
+  {
+    std::lock_guard lock(st.mu);
+    st.beside_failed = true;
+  }
+  if (auto handle = st.tree->process_handle()) handle->request_shutdown();
+}
+
+/// "root/db/writer (stopping), root/cache (ready)": the leaves of the tree
+/// that have not ended, as far as its status knows.
+std::string still_running(const std::shared_ptr<ProcessManager>& manager, const std::string& root_name) {
+  if (!manager) return root_name;
+  std::string out;
+  auto walk = [&out](const auto& self, const ChildStatus& s) -> void {
+    for (const auto& c : s.children) {
+      if (!c.children.empty()) {
+        self(self, c);
+        continue;
+      }
+      if (c.state == ChildState::stopped || c.state == ChildState::failed) continue;
+      out += (out.empty() ? "" : ", ") + c.path + " (" + std::string(to_string(c.state)) + ")";
+    }
+  };
+  try {
+    walk(walk, manager->status());
+  } catch (...) {
+    return "unknown";
+  }
+  return out.empty() ? "nothing known" : out;
+}
+
+bool is_abandonment(const std::exception_ptr& e) {
+  try {
+    std::rethrow_exception(e);
+  } catch (const AbandonedError&) {
+    return true;
+  } catch (...) {
+    return false;
+  }
+}
+
+/// The exit code for what the tree threw (logged here); 0 for nothing.
+int exit_code_for(const std::exception_ptr& failure, const std::string& root_name) {
+  if (!failure) return 0;
+  try {
+    std::rethrow_exception(failure);
+  } catch (const ProcessError& e) {
+    // A stop that had to abandon a service still stopped within its bounds:
+    // the abandonment was logged where it happened, and decides nothing.
+    // (An abandoned coroutine is not a failure to its manager; an abandoned
+    // blocking service is, as AbandonedError: one rule for both.)
+    bool only_abandoned = true;
+    std::string abandoned;
+    for (const auto& f : e.failures()) {
+      if (!is_abandonment(f.cause)) {
+        only_abandoned = false;
+        break;
+      }
+      abandoned += (abandoned.empty() ? "" : ", ") + f.process_name;
+    }
+    if (only_abandoned) {
+      log_line(LogLevel::warn, root_name, "stopped, leaving abandoned services behind: " + abandoned);
+      return 0;
+    }
+    // Each failure was logged where it happened (the manager's events);
+    // here one summary line, so the exit is explained without repeats.
+    log_line(LogLevel::error, root_name,
+             "exiting with code 1: " + std::to_string(e.failures().size()) + " failure(s), the first '" +
+                 e.process_name() + "' " + describe(e.root_cause()));
+  } catch (const std::exception& e) {
+    if (is_abandonment(failure)) {
+      log_line(LogLevel::warn, root_name, std::string("stopped, leaving it abandoned: ") + e.what());
+      return 0;
+    }
+    log_line(LogLevel::error, root_name, std::string("failed: ") + e.what());
+  } catch (...) {
+    log_line(LogLevel::error, root_name, "failed with an exception not derived from std::exception");
+  }
+  return 1;
+}
+
+}  // namespace
+
+int run(std::shared_ptr<Runnable> root, RunOptions options) {
+  if (!root) throw std::invalid_argument("pm::run: the root runnable is null");
+  const std::size_t threads = options.threads == 0 ? 1 : options.threads;
+  const std::string root_name = root->process_name();
+  const auto handle = root->process_handle();
+
+  // Before any thread of ours exists (they all inherit the blocked mask),
+  // and before the io_context takes its descriptors.
+  std::optional<SignalWatcher> watcher;
+  if (options.handle_signals && handle) {
+    try {
+      watcher.emplace();
+    } catch (const std::exception& e) {
+      log_line(LogLevel::error, root_name,
+               std::string("signal handling could not start: ") + e.what() + "; not running the tree");
+      return 1;
+    }
+  }
+
+  // Owned here, and by every io thread, for the whole run.
+  auto st = std::make_shared<RunState>(std::move(root), static_cast<int>(threads));
+  st->manager = std::dynamic_pointer_cast<ProcessManager>(st->tree);
+  const auto abandon_bound = st->manager ? st->manager->abandon_timeout()
+                                         : std::chrono::duration_cast<std::chrono::nanoseconds>(default_abandon_bound);
+
+  // Beside the tree, not in it: it reports the stop while the tree stops.
+  if (options.notify_systemd && st->manager) {
+    try {
+      st->notifier = std::make_shared<SystemdNotifier>(st->manager);
+    } catch (const std::invalid_argument& e) {
+      // A malformed environment must not keep the service from running.
+      log_line(LogLevel::warn, root_name, std::string("systemd notify disabled: ") + e.what());
+    }
+    if (st->notifier && !st->notifier->enabled()) st->notifier.reset();
   }
 
   asio::awaitable<void> body;
   try {
-    body = tree->process_start();
+    body = st->tree->process_start();
   } catch (...) {
-    failure = std::current_exception();
-  }
-  if (!failure) {
-    asio::co_spawn(strand, std::move(body),
-                   asio::bind_cancellation_slot(root_cancel.slot(), [&](const std::exception_ptr& e) {
-                     failure = e;
-                     finished = true;
-                     if (receiver) receiver->process_handle()->request_shutdown();
-                     if (notifier) notifier->stop();
-                   }));
-    std::vector<std::thread> pool;
-    pool.reserve(threads - 1);
-    for (std::size_t i = 1; i < threads; ++i) pool.emplace_back([&io] { io.run(); });
-    io.run();
-    for (auto& t : pool) t.join();
+    return exit_code_for(std::current_exception(), root_name);
   }
 
-  if (failure) {
+  RunState* const s = st.get();  // handlers on the io_context: it is destroyed before *s
+  if (st->notifier) {
+    st->notifier_done = false;
+    asio::co_spawn(asio::make_strand(st->io), st->notifier->run(), [s, root_name](const std::exception_ptr& e) {
+      if (e) fail_beside(*s, root_name, "the systemd notifier", e);
+      std::lock_guard lock(s->mu);
+      s->notifier_done = true;
+      s->cv.notify_all();
+    });
+  }
+  asio::co_spawn(asio::make_strand(st->io), std::move(body), [s](const std::exception_ptr& e) {
+    if (s->notifier) s->notifier->stop();
+    std::lock_guard lock(s->mu);
+    s->failure = e;
+    s->tree_done = true;
+    s->cv.notify_all();
+  });
+
+  if (watcher) {
+    auto on_signal = [s, handle, root_name, first = 0](int sig) mutable {
+      const bool stop = sig == SIGINT || sig == SIGTERM || sig == SIGQUIT;
+      if (stop && first == 0) {
+        first = sig;
+        log_line(LogLevel::info, root_name, "received " + signal_name(sig) + ": shutting down gracefully");
+        handle->request_shutdown();
+      } else if (sig == SIGINT || sig == SIGTERM) {
+        // Whatever holds the stop up (a service ignoring it, a coroutine
+        // blocking its thread, a stuck executor), the process ends now.
+        log_line(LogLevel::error, root_name,
+                 "received " + signal_name(sig) + " again during the shutdown: exiting at once with code " +
+                     std::to_string(128 + sig) + "; not stopped: " + still_running(s->manager, root_name));
+        std::_Exit(128 + sig);
+      } else if (stop) {
+        log_line(LogLevel::info, root_name, "received " + signal_name(sig) + ": already shutting down");
+      } else {
+        log_line(LogLevel::info, root_name, "received " + signal_name(sig) + ": reloading");
+        handle->request_reload();
+      }
+    };
     try {
-      std::rethrow_exception(failure);
-    } catch (const ProcessError& e) {
-      // Each failure was logged where it happened (the manager's events);
-      // here one summary line, so the exit is explained without repeats.
-      log_line(LogLevel::error, root_name,
-               "exiting with code 1: " + std::to_string(e.failures().size()) + " failure(s), the first '" +
-                   e.process_name() + "' " + describe(e.root_cause()));
+      watcher->start(std::move(on_signal),
+                     [s, root_name](const std::exception_ptr& e) { fail_beside(*s, root_name, "signal handling", e); });
     } catch (const std::exception& e) {
-      log_line(LogLevel::error, root_name, std::string("failed: ") + e.what());
-    } catch (...) {
-      log_line(LogLevel::error, root_name, "failed with an exception not derived from std::exception");
+      // No thread: the tree's coroutine is never run, and goes with the io_context.
+      log_line(LogLevel::error, root_name,
+               std::string("signal handling could not start: ") + e.what() + "; not running the tree");
+      return 1;
     }
   }
-  if (forced_by != 0) return 128 + forced_by;
-  return failure ? 1 : 0;
+
+  std::vector<std::thread> pool;
+  pool.reserve(threads);
+  for (std::size_t i = 0; i < threads; ++i) {
+    {
+      std::lock_guard lock(st->mu);
+      ++st->io_running;
+    }
+    pool.emplace_back([st, root_name] {
+      for (;;) {
+        try {
+          st->io.run();
+          break;
+        } catch (...) {
+          // A handler threw out of the io_context: logged, the run fails,
+          // and this thread goes on running the others.
+          fail_beside(*st, root_name, "a handler on an io thread", std::current_exception());
+        }
+      }
+      std::lock_guard lock(st->mu);
+      --st->io_running;
+      st->cv.notify_all();
+    });
+  }
+
+  // The tree ends (or, which should not happen, every io thread returned
+  // without it); then the notifier has until the abandon bound for its last
+  // words, and the io threads as long to return once the io_context stops.
+  std::unique_lock lock(st->mu);
+  st->cv.wait(lock, [&st] { return st->tree_done || st->io_running == 0; });
+  const auto deadline = std::chrono::steady_clock::now() + abandon_bound;
+  st->cv.wait_until(lock, deadline, [&st] { return st->notifier_done || st->io_running == 0; });
+  lock.unlock();
+  st->io.stop();
+  lock.lock();
+  const bool all_returned = st->cv.wait_until(lock, deadline, [&st] { return st->io_running == 0; });
+  const std::size_t stuck = st->io_running;
+  const bool tree_done = st->tree_done;
+  const std::exception_ptr failure = st->failure;
+  const bool beside_failed = st->beside_failed;
+  lock.unlock();
+
+  if (all_returned) {
+    for (auto& t : pool) t.join();
+  } else {
+    // A service blocks an io thread (a blocking call in a coroutine). It
+    // cannot be joined; it keeps the io_context and the tree alive, and
+    // the process may end with it still blocked.
+    log_line(LogLevel::error, root_name,
+             std::to_string(stuck) +
+                 " io thread(s) still blocked in a service after the tree ended (a blocking call "
+                 "in a coroutine?); left behind");
+    for (auto& t : pool) t.detach();
+  }
+  if (watcher) watcher->stop();
+  watcher.reset();  // the signal mask as it was
+
+  int code = 0;
+  if (!tree_done) {
+    log_line(LogLevel::error, root_name, "the io_context stopped before the tree ended");
+    code = 1;
+  } else {
+    code = exit_code_for(failure, root_name);
+  }
+  if (beside_failed) code = 1;
+  return code;
 }
 
 }  // namespace pm

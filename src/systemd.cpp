@@ -8,6 +8,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstddef>
 #include <cstdlib>
@@ -29,7 +30,17 @@ std::optional<std::string> env(const char* name) {
   return std::string(v);
 }
 
-std::optional<std::chrono::microseconds> watchdog_from_env() {
+/// The bounds of the watchdog period in use. Below the floor, WATCHDOG=1
+/// would go out thousands of times a second (WATCHDOG_USEC=1 meant one
+/// datagram every 0.5 us); above the ceiling, the period's arithmetic in
+/// nanoseconds would overflow. Pinging more often than asked is harmless,
+/// so the ceiling only makes a huge period a merely long one.
+constexpr std::chrono::microseconds min_watchdog = std::chrono::milliseconds(20);
+constexpr std::chrono::microseconds max_watchdog = std::chrono::hours(24 * 366);
+
+/// WATCHDOG_USEC, when it is meant for this process: a count, or an
+/// explanation of why it is not one (`error`).
+std::optional<std::chrono::microseconds> watchdog_from_env(std::string& error) {
   auto usec = env("WATCHDOG_USEC");
   if (!usec) return std::nullopt;
   // The watchdog is meant for the process systemd started, not for a child
@@ -37,13 +48,32 @@ std::optional<std::chrono::microseconds> watchdog_from_env() {
   if (auto pid = env("WATCHDOG_PID")) {
     if (*pid != std::to_string(::getpid())) return std::nullopt;
   }
-  char* end = nullptr;
-  errno = 0;
-  const unsigned long long v = std::strtoull(usec->c_str(), &end, 10);
-  if (errno != 0 || end == usec->c_str() || *end != '\0' || v == 0) {
-    throw std::invalid_argument("SystemdNotifier: WATCHDOG_USEC '" + *usec + "' is not a positive integer");
+  const bool digits = std::all_of(usec->begin(), usec->end(), [](char c) { return c >= '0' && c <= '9'; });
+  if (!digits || std::all_of(usec->begin(), usec->end(), [](char c) { return c == '0'; })) {
+    error = "WATCHDOG_USEC '" + *usec + "' is not a positive integer";
+    return std::nullopt;
   }
-  return std::chrono::microseconds(v);
+  // Saturating: a number beyond what fits is simply a very long period.
+  constexpr auto cap = static_cast<unsigned long long>(max_watchdog.count());
+  unsigned long long v = 0;
+  for (char c : *usec) {
+    v = v * 10U + static_cast<unsigned long long>(c - '0');
+    if (v > cap) return max_watchdog;
+  }
+  return std::chrono::microseconds(static_cast<std::chrono::microseconds::rep>(v));
+}
+
+/// A text made safe for a "STATUS=" line: a control character (a newline
+/// above all, which would start a line of its own, "READY=1" or
+/// "MAINPID=...") becomes '?'.
+std::string status_line(std::string_view text) {
+  std::string out = "STATUS=";
+  out.reserve(out.size() + text.size());
+  for (char c : text) {
+    const auto u = static_cast<unsigned char>(c);
+    out.push_back(u < 0x20 || u == 0x7f ? '?' : c);
+  }
+  return out;
 }
 
 std::uint64_t monotonic_usec() {
@@ -115,9 +145,25 @@ SystemdNotifier::SystemdNotifier(std::shared_ptr<ProcessManager> tree, SystemdOp
     : state_(std::make_shared<State>()) {
   if (!tree) throw std::invalid_argument("SystemdNotifier: the tree is null");
   if (!options.socket) options.socket = env("NOTIFY_SOCKET");
-  if (!options.watchdog) options.watchdog = watchdog_from_env();
+  if (!options.watchdog) {
+    // A malformed WATCHDOG_USEC costs the watchdog only, never READY=1
+    // and the rest: said once, here.
+    std::string error;
+    options.watchdog = watchdog_from_env(error);
+    if (!error.empty()) {
+      detail::log_line(LogLevel::warn, tree->process_name(), "systemd watchdog off: " + error);
+    }
+  }
   if (options.watchdog && options.watchdog->count() <= 0) {
     throw std::invalid_argument("SystemdNotifier of '" + tree->process_name() + "': the watchdog must be positive");
+  }
+  if (options.watchdog && (*options.watchdog < min_watchdog || *options.watchdog > max_watchdog)) {
+    const auto asked = *options.watchdog;
+    options.watchdog = std::clamp(asked, min_watchdog, max_watchdog);
+    detail::log_line(LogLevel::warn, tree->process_name(),
+                     "systemd watchdog period of " + std::to_string(asked.count()) + " us is outside [" +
+                         std::to_string(min_watchdog.count()) + ", " + std::to_string(max_watchdog.count()) +
+                         "] us; using " + std::to_string(options.watchdog->count()) + " us");
   }
   if (options.extend_interval.count() <= 0) {
     throw std::invalid_argument("SystemdNotifier of '" + tree->process_name() + "': extend_interval must be positive");
@@ -178,8 +224,8 @@ asio::awaitable<void> SystemdNotifier::run() {
   bool sent_ready = false;
   bool reloading = false;
   bool stopping = false;
-  bool healthy = true;
-  bool ran = false;  // the tree has been seen running: a later "stopped" is the end
+  std::vector<std::string> withheld_for;  // the stale paths last reported; empty while fed
+  bool ran = false;                       // the tree has been seen running: a later "stopped" is the end
   clock::time_point stop_began{};
   std::size_t last_live = 0;
   const auto period = s->options.watchdog ? std::optional<clock::duration>(*s->options.watchdog / 2) : std::nullopt;
@@ -201,7 +247,7 @@ asio::awaitable<void> SystemdNotifier::run() {
   };
   auto extend = [&] {
     const auto usec = std::chrono::duration_cast<std::chrono::microseconds>(2 * s->options.extend_interval).count();
-    s->send("EXTEND_TIMEOUT_USEC=" + std::to_string(usec) + "\nSTATUS=" + summary(tree.status()));
+    s->send("EXTEND_TIMEOUT_USEC=" + std::to_string(usec) + "\n" + status_line(summary(tree.status())));
   };
   auto begin_stopping = [&] {
     if (stopping) return;
@@ -223,12 +269,12 @@ asio::awaitable<void> SystemdNotifier::run() {
           sent_ready = true;
           reloading = false;
         } else {
-          s->send("STATUS=" + summary(tree.status()));
+          s->send(status_line(summary(tree.status())));
         }
         break;
       case ChildState::running:
         ran = true;
-        if (sent_ready) s->send("STATUS=" + summary(tree.status()));  // a child restarts: not ready for now
+        if (sent_ready) s->send(status_line(summary(tree.status())));  // a child restarts: not ready for now
         break;
       case ChildState::stopping:
         ran = true;
@@ -245,21 +291,26 @@ asio::awaitable<void> SystemdNotifier::run() {
     const ChildState st = tree.status().state;
     if (ran && (st == ChildState::stopped || st == ChildState::failed)) {
       begin_stopping();  // a tree that stopped before we saw it begin
-      s->send("STATUS=" + summary(tree.status()));
+      s->send(status_line(summary(tree.status())));
       co_return;
     }
-    if (period && now >= next_watchdog) {
+    // The watchdog is judged only once the tree has begun: before, there is
+    // nothing stale to name, and a tree not yet started is not unhealthy.
+    const bool begun = ran || (st != ChildState::stopped && st != ChildState::failed);
+    if (period && begun && now >= next_watchdog) {
       const auto stale = stale_paths(tree.status());
-      const bool fresh = stale.empty() && st != ChildState::stopped && st != ChildState::failed;
-      if (fresh) {
-        s->send(healthy ? "WATCHDOG=1" : "WATCHDOG=1\nSTATUS=healthy again; " + summary(tree.status()));
-      } else if (healthy) {
+      if (stale.empty()) {
+        s->send(withheld_for.empty() ? std::string("WATCHDOG=1")
+                                     : "WATCHDOG=1\n" + status_line("healthy again; " + summary(tree.status())));
+      } else if (stale != withheld_for) {
+        // Named whenever the set changes: also a child stale from its start,
+        // and one that goes stale while another already is.
         std::string paths;
         for (const auto& p : stale) paths += (paths.empty() ? "" : ", ") + p;
-        s->send("STATUS=watchdog withheld: stale heartbeat: " + paths);
+        s->send(status_line("watchdog withheld: stale heartbeat: " + paths));
         detail::log_line(LogLevel::warn, name, "systemd watchdog withheld: stale heartbeat: " + paths);
       }
-      healthy = fresh;
+      withheld_for = stale;
       next_watchdog = now + *period;
     }
     if (stopping && now >= next_extend) {
@@ -271,7 +322,7 @@ asio::awaitable<void> SystemdNotifier::run() {
     }
 
     clock::time_point wake = clock::time_point::max();
-    if (period) wake = std::min(wake, next_watchdog);
+    if (period && begun) wake = std::min(wake, next_watchdog);  // before, the tree's first event wakes it
     if (stopping) wake = std::min(wake, next_extend);
     timer.expires_at(wake);
     auto wait = timer.async_wait(asio::deferred);
@@ -285,7 +336,7 @@ asio::awaitable<void> SystemdNotifier::run() {
     const Event* e = msg.custom_if<Event>();
     if (e == nullptr) continue;
     if (e->kind == EventKind::control && e->control == ControlKind::reload) {
-      s->send("RELOADING=1\nMONOTONIC_USEC=" + std::to_string(monotonic_usec()) + "\nSTATUS=reloading");
+      s->send("RELOADING=1\nMONOTONIC_USEC=" + std::to_string(monotonic_usec()) + "\n" + status_line("reloading"));
       reloading = true;
       // The reload is handed out; the tree may well be ready still.
       if (tree.is_ready()) on_state(ChildState::ready);

@@ -8,9 +8,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <future>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "support.hpp"
@@ -106,6 +109,39 @@ class ChildProcess {
     waitpid(pid_, &status, 0);
     reaped_ = true;
     return WIFEXITED(status) ? WEXITSTATUS(status) : 1000 + WTERMSIG(status);
+  }
+  /// wait_exit(), bounded: -1 if the child has not exited within `guard`
+  /// (it is then killed, and reaped by the destructor).
+  int wait_exit(std::chrono::milliseconds guard) {
+    std::promise<int> exited;
+    auto code = exited.get_future();
+    std::thread waiter([this, &exited] {
+      int status = 0;
+      while (waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
+      }
+      exited.set_value(WIFEXITED(status) ? WEXITSTATUS(status) : 1000 + WTERMSIG(status));
+    });
+    if (code.wait_for(guard) != std::future_status::ready) {
+      kill(pid_, SIGKILL);  // ends the waiter's waitpid
+      waiter.join();
+      reaped_ = true;
+      return -1;
+    }
+    waiter.join();
+    reaped_ = true;
+    return code.get();
+  }
+  /// Reads stdout until a line starting with `prefix` and containing
+  /// `text` has been seen; false on EOF or guard.
+  bool wait_line_with(const std::string& prefix, const std::string& text,
+                      std::chrono::milliseconds guard = pm::test::hang_guard) {
+    return wait_until(
+        [&] {
+          return std::any_of(lines_.begin(), lines_.end(), [&](const std::string& l) {
+            return l.rfind(prefix, 0) == 0 && l.find(text) != std::string::npos;
+          });
+        },
+        guard);
   }
   std::string stderr_text() const {
     std::string all;

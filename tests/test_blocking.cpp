@@ -2,6 +2,10 @@
 
 #include <gtest/gtest.h>
 
+#include <array>
+#include <future>
+#include <memory>
+
 #include "support.hpp"
 
 namespace {
@@ -133,6 +137,40 @@ TEST(blocking, a_thread_that_ignores_its_stop_token_is_abandoned_and_the_manager
   EXPECT_TRUE(reported);
   release = true;  // let the abandoned thread end before the test's locals go
   EXPECT_TRUE(finished.wait());
+}
+
+// Issue 12, item 1: the thread used to release its counted work after
+// posting the completion, so once the manager had completed and the owner
+// stopped and destroyed the io_context, the thread could still touch it
+// (AddressSanitizer: heap-use-after-free in scheduler::work_finished). The
+// io_context is on the heap so that AddressSanitizer sees every late touch.
+TEST(blocking, the_thread_never_touches_an_io_context_stopped_and_destroyed_after_the_manager_completed) {
+  for (int i = 0; i < 300; ++i) {
+    auto io = std::make_unique<asio::io_context>(1);
+    auto work = asio::make_work_guard(*io);
+    // Several threads completing at once widen the window: the last
+    // completion ends the manager while the others are still in complete().
+    constexpr int services = 6;
+    std::array<pm::test::Event, services> waiting;
+    auto builder = pm::ProcessManagerBuilder().name("root");
+    for (auto& w : waiting) {
+      builder.pre_insert(pm::make_blocking_runnable("waiter", [&w](BlockingContext& ctx) {
+        w.set();
+        while (!ctx.stop_requested()) ctx.wait_for(1s);
+      }));
+    }
+    auto m = builder.build();
+    auto done = asio::co_spawn(*io, m->process_start(), asio::use_future);
+    std::thread runner([&io] { io->run(); });
+    for (auto& w : waiting) ASSERT_TRUE(w.wait());
+    m->process_handle()->request_shutdown();
+    ASSERT_EQ(done.wait_for(pm::test::hang_guard), std::future_status::ready);
+    EXPECT_NO_THROW(done.get());
+    io->stop();
+    runner.join();
+    work.reset();
+    io.reset();  // the blocking thread may still be finishing: it must not be in here
+  }
 }
 
 TEST(blocking, runs_again_after_it_ended) {

@@ -122,6 +122,49 @@ TEST(signal_receiver, a_second_sigint_during_the_stop_escalates) {
   EXPECT_EQ(receiver->escalation_signal(), SIGINT);
 }
 
+void noop_handler(int) {}
+
+// Issue 12, item 3: asio's signal_set leaves SIG_DFL behind, so an ignored
+// SIGHUP came back able to kill the process after the receiver ended.
+TEST(signal_receiver, restores_every_disposition_it_found_when_it_ends) {
+  struct sigaction ignore {};
+  ignore.sa_handler = SIG_IGN;
+  sigemptyset(&ignore.sa_mask);
+  struct sigaction custom {};
+  custom.sa_handler = noop_handler;
+  sigemptyset(&custom.sa_mask);
+  custom.sa_flags = SA_RESTART;
+  struct sigaction hup_before {};
+  struct sigaction quit_before {};
+  ASSERT_EQ(::sigaction(SIGHUP, &ignore, &hup_before), 0);
+  ASSERT_EQ(::sigaction(SIGQUIT, &custom, &quit_before), 0);
+  sigset_t mask_before;
+  ASSERT_EQ(pthread_sigmask(SIG_SETMASK, nullptr, &mask_before), 0);
+
+  SignalledTree t;
+  EXPECT_EQ(t.run({}, [] { ::kill(::getpid(), SIGTERM); }), nullptr);
+  EXPECT_EQ(t.receiver->stop_signal(), SIGTERM);
+  t.receiver.reset();
+  t.root.reset();
+
+  struct sigaction hup {};
+  struct sigaction quit {};
+  struct sigaction term {};
+  ASSERT_EQ(::sigaction(SIGHUP, nullptr, &hup), 0);
+  ASSERT_EQ(::sigaction(SIGQUIT, nullptr, &quit), 0);
+  ASSERT_EQ(::sigaction(SIGTERM, nullptr, &term), 0);
+  EXPECT_EQ(hup.sa_handler, SIG_IGN) << "an ignored SIGHUP must stay ignored";
+  EXPECT_EQ(quit.sa_handler, &noop_handler);
+  EXPECT_EQ(quit.sa_flags & SA_RESTART, SA_RESTART);
+  EXPECT_EQ(term.sa_handler, SIG_DFL);
+  sigset_t mask_after;
+  ASSERT_EQ(pthread_sigmask(SIG_SETMASK, nullptr, &mask_after), 0);
+  for (int sig = 1; sig < NSIG; ++sig) EXPECT_EQ(sigismember(&mask_before, sig), sigismember(&mask_after, sig)) << sig;
+
+  ::sigaction(SIGHUP, &hup_before, nullptr);
+  ::sigaction(SIGQUIT, &quit_before, nullptr);
+}
+
 TEST(signal_receiver, a_null_tree_is_rejected) {
   EXPECT_THROW(pm::SignalReceiver(nullptr), std::invalid_argument);
   EXPECT_EQ(pm::signal_name(SIGTERM), "SIGTERM");

@@ -8,7 +8,11 @@
 #include <cstdlib>
 #include <ctime>
 #include <future>
+#include <mutex>
+#include <optional>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "lifecycle_support.hpp"
 #include "notify_listener.hpp"
@@ -76,10 +80,10 @@ TEST(systemd, malformed_settings_are_refused_with_the_trees_name) {
   EXPECT_NE(message({.socket = "@x", .extend_interval = 0s}).find("extend_interval"), std::string::npos);
   EXPECT_THROW(SystemdNotifier(nullptr), std::invalid_argument);
 
+  EXPECT_NE(message({.socket = "@x", .watchdog = std::chrono::microseconds(0)}).find("watchdog must be positive"),
+            std::string::npos);
   unsetenv("NOTIFY_SOCKET");
-  setenv("WATCHDOG_USEC", "soon", 1);
   unsetenv("WATCHDOG_PID");
-  EXPECT_NE(message({}).find("WATCHDOG_USEC 'soon'"), std::string::npos) << message({});
   // A watchdog meant for another process is not ours.
   setenv("WATCHDOG_USEC", "1000000", 1);
   setenv("WATCHDOG_PID", std::to_string(getpid() + 1).c_str(), 1);
@@ -185,6 +189,204 @@ TEST(systemd, the_watchdog_is_fed_only_while_every_heartbeat_is_fresh) {
   run.stop();
   EXPECT_EQ(run.finish(), nullptr);
   EXPECT_EQ(done.wait_for(pm::test::hang_guard), std::future_status::ready);
+}
+
+/// Log lines, captured for one test.
+class LogCapture {
+ public:
+  LogCapture() {
+    pm::set_log_level(pm::LogLevel::info);
+    pm::set_log_sink([this](pm::LogLevel, std::string_view path, std::string_view message) {
+      std::lock_guard lock(mu_);
+      lines_.push_back(std::string(path) + ": " + std::string(message));
+    });
+  }
+  ~LogCapture() {
+    pm::set_log_sink({});
+    pm::set_log_level(std::nullopt);
+  }
+  LogCapture(const LogCapture&) = delete;
+  LogCapture& operator=(const LogCapture&) = delete;
+  std::size_t count(const std::string& text) const {
+    std::lock_guard lock(mu_);
+    std::size_t n = 0;
+    for (const auto& l : lines_) n += l.find(text) != std::string::npos ? 1 : 0;
+    return n;
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::vector<std::string> lines_;
+};
+
+/// The environment systemd gives a Type=notify service, for one test.
+struct NotifyEnv {
+  NotifyEnv(const std::string& socket, const char* watchdog_usec) {
+    setenv("NOTIFY_SOCKET", socket.c_str(), 1);
+    setenv("WATCHDOG_USEC", watchdog_usec, 1);
+    setenv("WATCHDOG_PID", std::to_string(getpid()).c_str(), 1);
+  }
+  ~NotifyEnv() {
+    unsetenv("NOTIFY_SOCKET");
+    unsetenv("WATCHDOG_USEC");
+    unsetenv("WATCHDOG_PID");
+  }
+  NotifyEnv(const NotifyEnv&) = delete;
+  NotifyEnv& operator=(const NotifyEnv&) = delete;
+};
+
+// Issue 12, item 12: a malformed WATCHDOG_USEC used to throw, and pm::run
+// then ran without a notifier at all: READY=1 never went out.
+TEST(systemd, a_malformed_watchdog_usec_turns_off_only_the_watchdog) {
+  NotifyListener sd(socket_path("malformed"));
+  LogCapture log;
+  auto j = std::make_shared<Journal>();
+  auto m = ProcessManagerBuilder().name("app").pre_insert(std::make_shared<Probe>("a", j)).build();
+  std::optional<SystemdNotifier> n;
+  {
+    NotifyEnv env(sd.where(), "soon");
+    ASSERT_NO_THROW(n.emplace(m));
+  }
+  EXPECT_TRUE(n->enabled());
+  EXPECT_FALSE(n->watchdog().has_value());
+  EXPECT_EQ(log.count("WATCHDOG_USEC 'soon' is not a positive integer"), 1u);
+  Running run(m);
+  auto done = start(run, *n);
+  EXPECT_GE(sd.wait_for_text("READY=1"), 0);
+  run.stop();
+  EXPECT_EQ(run.finish(), nullptr);
+  EXPECT_EQ(done.wait_for(pm::test::hang_guard), std::future_status::ready);
+  EXPECT_GE(sd.wait_for_text("STATUS=stopped"), 0);
+  EXPECT_EQ(log.count("WATCHDOG_USEC"), 1u) << "said once";
+  for (const auto& msg : sd.messages()) EXPECT_EQ(msg.find("WATCHDOG=1"), std::string::npos) << msg;
+}
+
+// Issue 12, item 13: WATCHDOG_USEC=1 meant a WATCHDOG=1 datagram every
+// 0.5 us, and a value past ~1.8e16 overflowed the period in nanoseconds.
+TEST(systemd, a_tiny_watchdog_is_raised_to_the_floor_and_a_huge_one_saturates) {
+  auto m = ProcessManagerBuilder().name("app").build();
+  const std::string where = socket_path("bounds");
+  const std::chrono::microseconds floor = 20ms;
+  const std::chrono::microseconds ceiling = std::chrono::hours(24 * 366);
+  const auto period_for = [&](const char* usec) {
+    NotifyEnv env(where, usec);
+    return SystemdNotifier(m).watchdog();
+  };
+  EXPECT_EQ(period_for("1"), floor);
+  EXPECT_EQ(period_for("19999"), floor);
+  EXPECT_EQ(period_for("20000"), floor);
+  EXPECT_EQ(period_for("30000000"), std::chrono::microseconds(30000000));
+  EXPECT_EQ(period_for("20000000000000000"), ceiling);
+  EXPECT_EQ(period_for("18446744073709551615"), ceiling);
+  EXPECT_EQ(period_for("99999999999999999999999999"), ceiling);  // beyond 64 bits: saturates too
+  EXPECT_EQ(SystemdNotifier(m, {.socket = where, .watchdog = std::chrono::microseconds(1)}).watchdog(), floor);
+
+  // At the floor, the pings are 10 ms apart: five of them take 40 ms at
+  // least (a timer never fires early), where 1 us meant five in no time.
+  NotifyListener sd(socket_path("tiny"));
+  auto j = std::make_shared<Journal>();
+  auto tree = ProcessManagerBuilder().name("app").pre_insert(std::make_shared<Probe>("a", j)).build();
+  std::optional<SystemdNotifier> n;
+  {
+    NotifyEnv env(sd.where(), "1");
+    n.emplace(tree);
+  }
+  const auto t0 = std::chrono::steady_clock::now();  // before the first ping can go out
+  Running run(tree);
+  auto done = start(run, *n);
+  auto at = sd.wait_for_text("WATCHDOG=1");
+  ASSERT_GE(at, 0);
+  for (int i = 0; i < 4; ++i) {
+    at = sd.wait_for_text("WATCHDOG=1", static_cast<std::size_t>(at) + 1);
+    ASSERT_GT(at, 0);
+  }
+  EXPECT_GE(std::chrono::steady_clock::now() - t0, 40ms);  // 4 periods of 10 ms between the first and the fifth
+  run.stop();
+  EXPECT_EQ(run.finish(), nullptr);
+  EXPECT_EQ(done.wait_for(pm::test::hang_guard), std::future_status::ready);
+
+  // A huge period runs without overflowing: one WATCHDOG=1 at the start,
+  // the next one in half a year.
+  NotifyListener sd2(socket_path("huge"));
+  auto tree2 = ProcessManagerBuilder().name("app").pre_insert(std::make_shared<Probe>("a", j)).build();
+  std::optional<SystemdNotifier> n2;
+  {
+    NotifyEnv env(sd2.where(), "18446744073709551615");
+    n2.emplace(tree2);
+  }
+  Running run2(tree2);
+  auto done2 = start(run2, *n2);
+  ASSERT_GE(sd2.wait_for_text("READY=1"), 0);
+  ASSERT_GE(sd2.wait_for_text("WATCHDOG=1"), 0);
+  run2.stop();
+  EXPECT_EQ(run2.finish(), nullptr);
+  EXPECT_EQ(done2.wait_for(pm::test::hang_guard), std::future_status::ready);
+  std::size_t pings = 0;
+  for (const auto& msg : sd2.messages()) pings += msg.find("WATCHDOG=1") != std::string::npos ? 1 : 0;
+  EXPECT_EQ(pings, 1u);
+}
+
+// Issue 12, item 14: a service name with a newline added lines of its own
+// (MAINPID=, READY=1) to the datagram that named it.
+TEST(systemd, a_name_with_control_characters_cannot_add_lines_to_a_datagram) {
+  NotifyListener sd(socket_path("inject"));
+  auto j = std::make_shared<Journal>();
+  auto evil = std::make_shared<Beating>("evil\nMAINPID=1\nREADY=1\x7f", j);
+  evil->beats().set(std::chrono::steady_clock::now() - std::chrono::hours(1));  // stale once its timeout passed
+  auto m = ProcessManagerBuilder().name("app").pre_insert(evil, ChildOptions{.heartbeat_timeout = 30ms}).build();
+  SystemdNotifier n(m, {.socket = sd.where(), .watchdog = std::chrono::microseconds(40000)});
+  Running run(m);
+  auto done = start(run, n);
+  const auto withheld = sd.wait_for_text("STATUS=watchdog withheld: stale heartbeat: app/evil?MAINPID=1?READY=1?");
+  ASSERT_GE(withheld, 0);
+  run.stop();
+  EXPECT_EQ(run.finish(), nullptr);
+  EXPECT_EQ(done.wait_for(pm::test::hang_guard), std::future_status::ready);
+  for (const auto& msg : sd.messages()) {
+    EXPECT_EQ(msg.find("\nMAINPID="), std::string::npos) << msg;
+    EXPECT_EQ(msg.find('\x7f'), std::string::npos) << msg;
+    EXPECT_EQ(msg.rfind("MAINPID=", 0), std::string::npos) << msg;
+  }
+}
+
+// Issue 12, item 15: the first watchdog round ran before the tree had
+// started and reported "stale heartbeat: " with nobody in it; and from then
+// on a child stale from its start was never named.
+TEST(systemd, the_watchdog_names_a_child_stale_from_its_start_and_nothing_before_the_tree_runs) {
+  NotifyListener sd(socket_path("from-start"));
+  LogCapture log;
+  auto j = std::make_shared<Journal>();
+  auto silent = std::make_shared<Beating>("silent", j);  // never beats
+  auto m = ProcessManagerBuilder()
+               .name("app")
+               .pre_insert(silent, ChildOptions{.heartbeat_timeout = 10ms})
+               .pre_insert(std::make_shared<Probe>("plain", j))
+               .build();
+  SystemdNotifier n(m, {.socket = sd.where(), .watchdog = std::chrono::microseconds(100000)});
+  // One io thread, the notifier spawned first: its first round runs before
+  // the tree has started, every time.
+  asio::io_context io(1);
+  auto done = asio::co_spawn(io, n.run(), asio::use_future);
+  std::exception_ptr error;
+  pm::test::Event finished;
+  asio::co_spawn(io, m->process_start(), [&](std::exception_ptr e) {
+    error = e;
+    finished.set();
+  });
+  std::thread runner([&io] { pm::test::run_io(io); });
+  const auto named = sd.wait_for_text("STATUS=watchdog withheld: stale heartbeat: app/silent");
+  EXPECT_GE(named, 0);
+  m->process_handle()->request_shutdown();
+  EXPECT_TRUE(finished.wait());
+  runner.join();
+  EXPECT_EQ(error, nullptr);
+  EXPECT_NO_THROW(done.get());
+  for (const auto& msg : sd.messages()) {
+    EXPECT_EQ(msg.find("stale heartbeat: \n"), std::string::npos) << msg;
+    EXPECT_FALSE(msg.size() >= 17 && msg.compare(msg.size() - 17, 17, "stale heartbeat: ") == 0) << "nobody named";
+  }
+  EXPECT_EQ(log.count("stale heartbeat: app/silent"), 1u);
+  EXPECT_EQ(log.count("withheld"), 1u);
 }
 
 TEST(systemd, stop_ends_a_notifier_whose_tree_never_ran) {

@@ -18,7 +18,11 @@ struct SystemdOptions {
   /// Default: $NOTIFY_SOCKET; without either the notifier does nothing.
   std::optional<std::string> socket{};
   /// The watchdog period: WATCHDOG=1 goes out every half of it. Default:
-  /// $WATCHDOG_USEC, when $WATCHDOG_PID is unset or names this process.
+  /// $WATCHDOG_USEC, when $WATCHDOG_PID is unset or names this process; a
+  /// malformed $WATCHDOG_USEC turns the watchdog off (logged once) and
+  /// nothing else. The period in use is clamped to [20 ms, 366 days]
+  /// (logged): WATCHDOG=1 never goes out more often than every 10 ms, and
+  /// a huge or out-of-range value saturates instead of overflowing.
   std::optional<std::chrono::microseconds> watchdog{};
   /// How often, during a stop, EXTEND_TIMEOUT_USEC (of twice this) goes out
   /// while the stop makes progress.
@@ -32,8 +36,11 @@ struct SystemdOptions {
 /// EXTEND_TIMEOUT_USEC every extend_interval while the stop still makes
 /// progress (within the tree's grace period and abandon timeout, or a child
 /// ended since the last one); WATCHDOG=1 every half watchdog period only
-/// while the tree runs and no child's heartbeat is stale; STATUS= lines
-/// with the tree's state throughout.
+/// while the tree runs and no child's heartbeat is stale (the stale paths
+/// are named in STATUS= and the log whenever that set changes; nothing is
+/// judged before the tree has started); STATUS= lines with the tree's
+/// state throughout, control characters in them (a service name with a
+/// newline) replaced by '?', so no text can add a line of its own.
 ///
 /// It runs beside the tree, not in it, because it must outlive the tree's
 /// stop: pm::run starts one for a ProcessManager root (RunOptions::
@@ -43,7 +50,9 @@ class SystemdNotifier {
  public:
   /// Reads the options' defaults from the environment. Throws
   /// std::invalid_argument for a null tree, a socket that is neither an
-  /// absolute path nor "@name" (or too long), or a malformed WATCHDOG_USEC.
+  /// absolute path nor "@name" (or too long), a watchdog option that is not
+  /// positive, or an extend_interval that is not positive. A malformed
+  /// $WATCHDOG_USEC does not throw: the watchdog is off, the rest works.
   explicit SystemdNotifier(std::shared_ptr<ProcessManager> tree, SystemdOptions options = {});
   ~SystemdNotifier();
   SystemdNotifier(const SystemdNotifier&) = delete;

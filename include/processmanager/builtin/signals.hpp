@@ -17,8 +17,9 @@ struct SignalReceiverOptions {
   std::vector<int> stop_signals{SIGINT, SIGTERM, SIGQUIT};  ///< first one: graceful shutdown of the tree
   std::vector<int> reload_signals{SIGHUP};                  ///< each one: reload broadcast to the tree
   /// Called (on the receiver's strand) for a second SIGINT or SIGTERM while
-  /// the stop is under way: the place to cancel the tree at once. pm::run
-  /// sets it; without it the second signal is only logged.
+  /// the stop is under way: the place to cancel the tree at once. Without
+  /// it the second signal is only logged. (pm::run handles its signals on a
+  /// thread of its own, not with a SignalReceiver.)
   std::function<void(int)> escalate;
 };
 
@@ -29,8 +30,9 @@ struct SignalReceiverOptions {
 ///
 /// In a tree, give it the tree's handle (a manager's handle does not keep
 /// the manager alive, so there is no cycle); it ends on its own shutdown.
-/// pm::run runs one outside the tree, for the tree's whole life, so that it
-/// can escalate.
+/// Its handling runs on its executor: a service that blocks that executor
+/// blocks the signals too. Under pm::run, which handles SIGINT, SIGTERM,
+/// SIGQUIT and SIGHUP itself, a receiver sees none of those four.
 class SignalReceiver : public Runnable {
  public:
   /// A receiver that controls `tree`. Throws std::invalid_argument if null.
@@ -39,9 +41,12 @@ class SignalReceiver : public Runnable {
   /// Installs the signal handlers now, on `ex`, so that a signal arriving
   /// before process_start() first runs is queued rather than taking its
   /// default action. Optional: process_start() installs them otherwise.
+  /// What each signal's disposition was (a handler, SIG_IGN, SIG_DFL) is
+  /// remembered, and put back when the watch ends (or the receiver goes).
   void listen(const asio::any_io_executor& ex);
   /// Watches until its own shutdown, then restores the signals' previous
-  /// handling. Terminal cancellation ends it too.
+  /// handling exactly (also SIG_IGN; the signal mask is never changed).
+  /// Terminal cancellation ends it too.
   asio::awaitable<void> process_start() override;
   std::string process_name() const override { return "signal-receiver"; }
   std::shared_ptr<ProcessControlHandler> process_handle() override { return guard_.handle(); }
@@ -56,7 +61,10 @@ class SignalReceiver : public Runnable {
  private:
   std::shared_ptr<ProcessControlHandler> tree_;
   SignalReceiverOptions options_;
+  struct Saved;  // the dispositions before listen()
+  void uninstall() noexcept;
   std::unique_ptr<asio::signal_set> signals_;
+  std::unique_ptr<Saved> saved_;
   RuntimeGuard guard_{"signal-receiver"};
   std::atomic<int> stop_signal_{0};
   std::atomic<int> escalation_signal_{0};
