@@ -7,12 +7,14 @@
 #   make tidy / make format-check   clang-tidy on src/ and include/, clang-format check
 #   make stress / make soak    the long runs of the stress test and of the soak
 #   make docs                  the API reference with doxygen (warnings fail it)
+#   make release-check         the whole tree (library, tests, examples, benchmarks) built in Release
 BUILD    ?= build
 BUILD_REL ?= build-release
 JOBS     ?= $(shell nproc)
 DEMO_FOR ?= 5s
 
-.PHONY: all deps configure build test demo bench clean asan clang-asan tsan tidy format format-check stress soak docs
+.PHONY: all deps configure build test demo bench clean asan clang-asan tsan tidy format format-check stress soak docs \
+	release-check
 
 STRESS_RUNS ?= 1000
 SOAK_CYCLES ?= 10000
@@ -56,6 +58,14 @@ bench: deps $(BUILD_REL)/build.ninja
 	# The ratio table; BENCH_STRICT=1 makes a missed target fail the target.
 	status=0; awk -v STRICT=$(BENCH_STRICT) -f bench/report.awk $(BUILD_REL)/pm_micro.csv $(BUILD_REL)/pm_load.jsonl \
 	  > $(BUILD_REL)/bench-report.md || status=$$?; cat $(BUILD_REL)/bench-report.md; exit $$status
+
+# The whole tree with default options in Release: -O3 brings warnings
+# (-Wrestrict, -Wmaybe-uninitialized...) that RelWithDebInfo's -O2 does not,
+# and -Werror makes them fail the build.
+BUILD_RELCHECK ?= build-release-check
+release-check: deps
+	cmake -S . -B $(BUILD_RELCHECK) -G Ninja -DCMAKE_BUILD_TYPE=Release
+	cmake --build $(BUILD_RELCHECK) -j $(JOBS)
 
 # A sanitizer report fails the test that printed it, and so the run.
 asan: deps
@@ -104,4 +114,4 @@ soak: build
 	./$(BUILD)/tests/pm_soak --cycles $(SOAK_CYCLES) --services 100
 
 clean:
-	rm -rf $(BUILD) $(BUILD_REL) build-asan build-clang-asan build-tsan build-tidy build-docs
+	rm -rf $(BUILD) $(BUILD_REL) $(BUILD_RELCHECK) build-asan build-clang-asan build-tsan build-tidy build-docs
