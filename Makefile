@@ -8,13 +8,14 @@
 #   make stress / make soak    the long runs of the stress test and of the soak
 #   make docs                  the API reference with doxygen (warnings fail it)
 #   make release-check         the whole tree (library, tests, examples, benchmarks) built in Release
+#   make no-deprecated-check   the library compiled with BOOST_ASIO_NO_DEPRECATED
 BUILD    ?= build
 BUILD_REL ?= build-release
 JOBS     ?= $(shell nproc)
 DEMO_FOR ?= 5s
 
 .PHONY: all deps configure build test demo bench clean asan clang-asan tsan tidy format format-check stress soak docs \
-	release-check
+	release-check no-deprecated-check
 
 STRESS_RUNS ?= 1000
 SOAK_CYCLES ?= 10000
@@ -67,6 +68,14 @@ release-check: deps
 	cmake -S . -B $(BUILD_RELCHECK) -G Ninja -DCMAKE_BUILD_TYPE=Release
 	cmake --build $(BUILD_RELCHECK) -j $(JOBS)
 
+# The library without Asio's deprecated interfaces (users may define
+# BOOST_ASIO_NO_DEPRECATED; our headers and sources must not need them).
+BUILD_NODEP ?= build-no-deprecated
+no-deprecated-check: deps
+	cmake -S . -B $(BUILD_NODEP) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS=-DBOOST_ASIO_NO_DEPRECATED \
+	  -DPM_BUILD_TESTS=OFF -DPM_BUILD_EXAMPLES=OFF -DPM_BUILD_BENCH=OFF -DPM_INSTALL=OFF -DPM_WERROR=ON
+	cmake --build $(BUILD_NODEP) -j $(JOBS) --target processmanager
+
 # A sanitizer report fails the test that printed it, and so the run.
 asan: deps
 	cmake --preset asan
@@ -114,4 +123,5 @@ soak: build
 	./$(BUILD)/tests/pm_soak --cycles $(SOAK_CYCLES) --services 100
 
 clean:
-	rm -rf $(BUILD) $(BUILD_REL) $(BUILD_RELCHECK) build-asan build-clang-asan build-tsan build-tidy build-docs
+	rm -rf $(BUILD) $(BUILD_REL) $(BUILD_RELCHECK) $(BUILD_NODEP) build-asan build-clang-asan build-tsan build-tidy \
+	  build-docs

@@ -226,7 +226,9 @@ asio::awaitable<void> HealthServer::process_start() {
   const std::string label =
       "HealthServer '" + s->name + "' on " + s->options.address + ":" + std::to_string(s->options.port);
   boost::system::error_code ec;
-  if (!acceptor.open(where.protocol(), ec)) acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
+  // (open() returns void under BOOST_ASIO_NO_DEPRECATED: test ec, not its result.)
+  acceptor.open(where.protocol(), ec);
+  if (!ec) acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
   if (!ec) acceptor.bind(where, ec);
   if (!ec) acceptor.listen(asio::socket_base::max_listen_connections, ec);
   if (ec) throw std::system_error(ec, label + ": cannot listen");
