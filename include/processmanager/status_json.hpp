@@ -1,7 +1,12 @@
 // Status snapshots as JSON (Boost.JSON), for /status endpoints and tools.
+//
+// Only Boost.JSON's forward declarations are included, so that this header
+// (and the umbrella header, which brings it) stays light: include
+// <boost/json.hpp> (or <boost/json/value.hpp> and what you use of it) where
+// you use the value, e.g. to serialize it.
 #pragma once
 
-#include <boost/json/value.hpp>
+#include <boost/json/fwd.hpp>
 #include <processmanager/lifecycle.hpp>
 
 namespace pm {
