@@ -39,8 +39,10 @@ test: build
 
 # The demo tree (examples/demo.cpp): health endpoints, restarts, reloads.
 # DEMO_FOR=0 runs until Ctrl-C; DEMO_PORT picks the health port (0: any).
+# Builds the library and the demo only, not the test suite.
 DEMO_PORT ?= 0
-demo: build
+demo: configure
+	cmake --build $(BUILD) -j $(JOBS) --target demo
 	./$(BUILD)/examples/demo $(if $(filter 0,$(DEMO_FOR)),,--for $(DEMO_FOR)) --port $(DEMO_PORT)
 
 $(BUILD_REL)/build.ninja: | deps
