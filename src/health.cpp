@@ -160,7 +160,9 @@ std::uint32_t header_limit(std::size_t max_request_bytes) {
 /// then read and drop what the client still sends, for a short while, so
 /// that closing does not reset the connection before the client has read
 /// the answer.
-asio::awaitable<void> linger(beast::tcp_stream& stream, std::chrono::steady_clock::duration timeout) {
+asio::awaitable<void> linger(std::shared_ptr<detail::HealthConnection> conn,
+                             std::chrono::steady_clock::duration timeout) {
+  beast::tcp_stream& stream = conn->stream;
   boost::system::error_code ec;
   stream.socket().shutdown(tcp::socket::shutdown_send, ec);
   if (ec) co_return;
@@ -263,7 +265,10 @@ asio::awaitable<void> session(std::shared_ptr<State> s, Registration registratio
       auto [wec, wn] = co_await http::async_write(stream, res, tuple_token);
       (void)wn;
       conn->answering = false;  // lingering: may be evicted
-      if (!wec) co_await linger(stream, timeout);
+      if (!wec) {
+        auto lingering = linger(conn, timeout);  // a named local: see "GCC 12" in the README
+        co_await std::move(lingering);
+      }
       co_return;
     }
     const auto& req = parser.get();
