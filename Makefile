@@ -7,12 +7,15 @@
 #   make tidy / make format-check   clang-tidy on src/ and include/, clang-format check
 #   make stress / make soak    the long runs of the stress test and of the soak
 #   make docs                  the API reference with doxygen (warnings fail it)
+#   make release-check         the whole tree (library, tests, examples, benchmarks) built in Release
+#   make no-deprecated-check   the library compiled with BOOST_ASIO_NO_DEPRECATED
 BUILD    ?= build
 BUILD_REL ?= build-release
 JOBS     ?= $(shell nproc)
 DEMO_FOR ?= 5s
 
-.PHONY: all deps configure build test demo bench clean asan clang-asan tsan tidy format format-check stress soak docs
+.PHONY: all deps configure build test demo bench clean asan clang-asan tsan tidy format format-check stress soak docs \
+	release-check no-deprecated-check
 
 STRESS_RUNS ?= 1000
 SOAK_CYCLES ?= 10000
@@ -36,8 +39,10 @@ test: build
 
 # The demo tree (examples/demo.cpp): health endpoints, restarts, reloads.
 # DEMO_FOR=0 runs until Ctrl-C; DEMO_PORT picks the health port (0: any).
+# Builds the library and the demo only, not the test suite.
 DEMO_PORT ?= 0
-demo: build
+demo: configure
+	cmake --build $(BUILD) -j $(JOBS) --target demo
 	./$(BUILD)/examples/demo $(if $(filter 0,$(DEMO_FOR)),,--for $(DEMO_FOR)) --port $(DEMO_PORT)
 
 $(BUILD_REL)/build.ninja: | deps
@@ -56,6 +61,22 @@ bench: deps $(BUILD_REL)/build.ninja
 	# The ratio table; BENCH_STRICT=1 makes a missed target fail the target.
 	status=0; awk -v STRICT=$(BENCH_STRICT) -f bench/report.awk $(BUILD_REL)/pm_micro.csv $(BUILD_REL)/pm_load.jsonl \
 	  > $(BUILD_REL)/bench-report.md || status=$$?; cat $(BUILD_REL)/bench-report.md; exit $$status
+
+# The whole tree with default options in Release: -O3 brings warnings
+# (-Wrestrict, -Wmaybe-uninitialized...) that RelWithDebInfo's -O2 does not,
+# and -Werror makes them fail the build.
+BUILD_RELCHECK ?= build-release-check
+release-check: deps
+	cmake -S . -B $(BUILD_RELCHECK) -G Ninja -DCMAKE_BUILD_TYPE=Release
+	cmake --build $(BUILD_RELCHECK) -j $(JOBS)
+
+# The library without Asio's deprecated interfaces (users may define
+# BOOST_ASIO_NO_DEPRECATED; our headers and sources must not need them).
+BUILD_NODEP ?= build-no-deprecated
+no-deprecated-check: deps
+	cmake -S . -B $(BUILD_NODEP) -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS=-DBOOST_ASIO_NO_DEPRECATED \
+	  -DPM_BUILD_TESTS=OFF -DPM_BUILD_EXAMPLES=OFF -DPM_BUILD_BENCH=OFF -DPM_INSTALL=OFF -DPM_WERROR=ON
+	cmake --build $(BUILD_NODEP) -j $(JOBS) --target processmanager
 
 # A sanitizer report fails the test that printed it, and so the run.
 asan: deps
@@ -105,4 +126,5 @@ soak: build
 	./$(BUILD)/tests/pm_soak --cycles $(SOAK_CYCLES) --services 100
 
 clean:
-	rm -rf $(BUILD) $(BUILD_REL) build-asan build-clang-asan build-tsan build-tidy build-docs
+	rm -rf $(BUILD) $(BUILD_REL) $(BUILD_RELCHECK) $(BUILD_NODEP) build-asan build-clang-asan build-tsan build-tidy \
+	  build-docs

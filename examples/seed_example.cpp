@@ -1,4 +1,4 @@
-// The seed example of API.md, as is, run under pm::run.
+// The seed example of docs/api.md, as is, run under pm::run.
 //
 //   seed_example            runs until Ctrl-C (SIGINT) or SIGTERM
 //   seed_example --for 5s   also stops gracefully on its own after 5 s
@@ -9,7 +9,7 @@
 #include <cstdlib>
 #include <string>
 
-// clang-format off: verbatim from API.md
+// clang-format off: verbatim from docs/api.md
 struct ExampleController : pm::Runnable {
   pm::RuntimeGuard runtime_guard;
 

@@ -7,6 +7,9 @@
 #include <boost/beast/http.hpp>
 #include <boost/json.hpp>
 
+#include <algorithm>
+#include <array>
+#include <limits>
 #include <list>
 #include <stdexcept>
 #include <system_error>
@@ -47,6 +50,15 @@ bool is_gone(const boost::system::error_code& ec) {
 
 namespace detail {
 
+/// One accepted connection, registered at accept so that the accept loop
+/// can evict it even before its session began.
+struct HealthConnection {
+  explicit HealthConnection(tcp::socket socket) : stream(std::move(socket)) {}
+  beast::tcp_stream stream;
+  bool answering = false;  // a whole request arrived and its answer is being written: not evictable
+  bool evicted = false;    // closed by the accept loop to make room
+};
+
 struct HealthState {
   std::weak_ptr<ProcessManager> tree;
   HealthOptions options;
@@ -54,21 +66,40 @@ struct HealthState {
   RuntimeGuard guard;
   std::atomic<std::uint16_t> port{0};
   // On the server's executor only.
-  std::list<beast::tcp_stream*> sessions;  // those whose coroutine has begun
-  std::size_t connections = 0;             // counted at accept: the limit holds before a session begins
-  asio::steady_timer* drained = nullptr;   // the stop waits on it for the last connection
+  std::list<std::shared_ptr<HealthConnection>> connections;  // every open one, oldest first (accept order)
+  std::size_t evicting = 0;               // evicted, their session not ended yet: not counted against the limit
+  asio::steady_timer* drained = nullptr;  // the stop waits on it for the last connection
   bool closing = false;
 
   HealthState(const std::shared_ptr<ProcessManager>& t, HealthOptions o, std::string n)
       : tree(t), options(std::move(o)), name(std::move(n)), guard(name) {}
 
+  /// Connections that count against max_connections.
+  std::size_t counted() const { return connections.size() - evicting; }
+
+  static void close(HealthConnection& c) {
+    boost::system::error_code ignored;
+    c.stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
+    c.stream.socket().close(ignored);
+  }
+
+  /// Closes the oldest connection that is idle or still sending its
+  /// request (a slow or idle client), to make room for a new one. False
+  /// when every connection is being answered.
+  bool evict_one() {
+    for (auto& c : connections) {
+      if (c->answering || c->evicted) continue;
+      c->evicted = true;
+      ++evicting;
+      close(*c);
+      return true;
+    }
+    return false;
+  }
+
   void close_all() {
     closing = true;
-    for (auto* stream : sessions) {
-      boost::system::error_code ignored;
-      stream->socket().shutdown(tcp::socket::shutdown_both, ignored);
-      stream->socket().close(ignored);
-    }
+    for (auto& c : connections) close(*c);
   }
 
   Response answer(const http::request<http::string_body>& req) const {
@@ -118,24 +149,66 @@ namespace {
 
 using State = detail::HealthState;
 
+/// The most a request may span: `max_request_bytes`, within what the
+/// parser's header limit (32 bits) can hold.
+std::uint32_t header_limit(std::size_t max_request_bytes) {
+  return static_cast<std::uint32_t>(
+      std::min<std::size_t>(max_request_bytes, std::numeric_limits<std::uint32_t>::max()));
+}
+
+/// After an answer that ends a request half read (400, 413): stop sending,
+/// then read and drop what the client still sends, for a short while, so
+/// that closing does not reset the connection before the client has read
+/// the answer.
+asio::awaitable<void> linger(std::shared_ptr<detail::HealthConnection> conn,
+                             std::chrono::steady_clock::duration timeout) {
+  beast::tcp_stream& stream = conn->stream;
+  boost::system::error_code ec;
+  stream.socket().shutdown(tcp::socket::shutdown_send, ec);
+  if (ec) co_return;
+  stream.expires_after(std::min<std::chrono::steady_clock::duration>(timeout, std::chrono::seconds(1)));
+  std::array<char, 4096> sink{};
+  for (std::size_t drained = 0; drained < 1024 * 1024;) {
+    auto [rec, n] = co_await stream.async_read_some(asio::buffer(sink), tuple_token);
+    if (rec) break;
+    drained += n;
+  }
+}
+
+/// A connection's place in the server's list, held by its session
+/// coroutine as a parameter: the place is given up when the coroutine's
+/// frame goes, also if it never ran (its io_context was destroyed first).
+class Registration {
+ public:
+  using Place = std::list<std::shared_ptr<detail::HealthConnection>>::iterator;
+  Registration(std::shared_ptr<State> s, Place place) : s_(std::move(s)), place_(place) {}
+  Registration(Registration&& other) noexcept : s_(std::move(other.s_)), place_(other.place_) {}
+  Registration(const Registration&) = delete;
+  Registration& operator=(const Registration&) = delete;
+  Registration& operator=(Registration&&) = delete;
+  ~Registration() {
+    if (!s_) return;
+    if ((*place_)->evicted) --s_->evicting;
+    s_->connections.erase(place_);
+    if (s_->connections.empty() && s_->drained != nullptr) s_->drained->cancel();
+  }
+  const std::shared_ptr<detail::HealthConnection>& connection() const { return *place_; }
+
+ private:
+  std::shared_ptr<State> s_;
+  Place place_;
+};
+
 /// One connection: requests answered in turn until the client closes, is
-/// too slow, sends something unacceptable, or the server stops.
-asio::awaitable<void> session(std::shared_ptr<State> s, tcp::socket socket, bool overloaded) {
-  beast::tcp_stream stream(std::move(socket));
-  auto it = s->sessions.insert(s->sessions.end(), &stream);
-  struct Unlist {
-    State& s;
-    std::list<beast::tcp_stream*>::iterator it;
-    ~Unlist() {
-      s.sessions.erase(it);
-      --s.connections;
-      if (s.connections == 0 && s.drained != nullptr) s.drained->cancel();
-    }
-  } unlist{*s, it};
-  if (s->closing) co_return;  // accepted just before the stop
+/// too slow, sends something unacceptable, is evicted, or the server stops.
+asio::awaitable<void> session(std::shared_ptr<State> s, Registration registration, bool overloaded) {
+  const std::shared_ptr<detail::HealthConnection> conn = registration.connection();
+  beast::tcp_stream& stream = conn->stream;
+  if (s->closing || conn->evicted) co_return;  // accepted just before the stop, or evicted before it began
   const auto timeout = std::chrono::duration_cast<std::chrono::steady_clock::duration>(s->options.request_timeout);
 
   if (overloaded) {
+    conn->answering = true;
     auto res = text(http::status::service_unavailable, "too many connections\n", 11);
     res.keep_alive(false);
     res.prepare_payload();
@@ -146,15 +219,35 @@ asio::awaitable<void> session(std::shared_ptr<State> s, tcp::socket socket, bool
     co_return;
   }
 
-  beast::flat_buffer buffer;
+  // The buffer never holds more than one request may span (a chunk
+  // extension or trailer line too long fails the read), and every byte the
+  // parser takes counts against the request's limit whatever the framing:
+  // headers, body, chunk sizes and extensions, trailers.
+  const std::size_t max_bytes = s->options.max_request_bytes;
+  beast::flat_buffer buffer(max_bytes);
   for (;;) {
-    if (s->closing) co_return;
+    if (s->closing || conn->evicted) co_return;
+    conn->answering = false;  // idle or still reading: may be evicted
     http::request_parser<http::string_body> parser;
-    parser.header_limit(static_cast<std::uint32_t>(s->options.max_request_bytes));
-    parser.body_limit(s->options.max_request_bytes);
+    parser.header_limit(header_limit(max_bytes));
+    parser.body_limit(static_cast<std::uint64_t>(max_bytes));
     stream.expires_after(timeout);
-    auto [ec, n] = co_await http::async_read(stream, buffer, parser, tuple_token);
-    (void)n;
+    boost::system::error_code ec;
+    std::size_t taken = 0;
+    while (!parser.is_done()) {
+      auto [rec, n] = co_await http::async_read_some(stream, buffer, parser, tuple_token);
+      taken += n;
+      if (rec) {
+        ec = rec;
+        break;
+      }
+      if (taken > max_bytes) {
+        ec = http::error::body_limit;
+        break;
+      }
+    }
+    if (conn->evicted) co_return;
+    conn->answering = true;
     Response res;
     bool close = false;
     if (ec) {
@@ -165,25 +258,31 @@ asio::awaitable<void> session(std::shared_ptr<State> s, tcp::socket socket, bool
       } else {
         res = text(http::status::bad_request, "malformed request: " + ec.message() + "\n", 11);
       }
-      close = true;  // the rest of the stream cannot be trusted
-    } else {
-      const auto& req = parser.get();
-      res = s->answer(req);
-      close = !req.keep_alive();
-      if (req.method() == http::verb::head) {
-        const auto length = res.body().size();
-        res.body().clear();
-        res.keep_alive(!close);
-        res.content_length(length);
-        stream.expires_after(timeout);
-        auto [wec, wn] = co_await http::async_write(stream, res, tuple_token);
-        (void)wn;
-        if (wec || close) break;
-        continue;
+      // The rest of the stream cannot be trusted: answer, then close.
+      res.keep_alive(false);
+      res.prepare_payload();
+      stream.expires_after(timeout);
+      auto [wec, wn] = co_await http::async_write(stream, res, tuple_token);
+      (void)wn;
+      conn->answering = false;  // lingering: may be evicted
+      if (!wec) {
+        auto lingering = linger(conn, timeout);  // a named local: see "GCC 12" in the README
+        co_await std::move(lingering);
       }
+      co_return;
     }
-    res.keep_alive(!close);
-    res.prepare_payload();
+    const auto& req = parser.get();
+    res = s->answer(req);
+    close = !req.keep_alive();
+    if (req.method() == http::verb::head) {
+      const auto length = res.body().size();
+      res.body().clear();
+      res.keep_alive(!close);
+      res.content_length(length);
+    } else {
+      res.keep_alive(!close);
+      res.prepare_payload();
+    }
     stream.expires_after(timeout);
     auto [wec, wn] = co_await http::async_write(stream, res, tuple_token);
     (void)wn;
@@ -226,7 +325,9 @@ asio::awaitable<void> HealthServer::process_start() {
   const std::string label =
       "HealthServer '" + s->name + "' on " + s->options.address + ":" + std::to_string(s->options.port);
   boost::system::error_code ec;
-  if (!acceptor.open(where.protocol(), ec)) acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
+  // (open() returns void under BOOST_ASIO_NO_DEPRECATED: test ec, not its result.)
+  acceptor.open(where.protocol(), ec);
+  if (!ec) acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
   if (!ec) acceptor.bind(where, ec);
   if (!ec) acceptor.listen(asio::socket_base::max_listen_connections, ec);
   if (ec) throw std::system_error(ec, label + ": cannot listen");
@@ -251,7 +352,18 @@ asio::awaitable<void> HealthServer::process_start() {
   if (s->options.on_listening) s->options.on_listening(s->port.load());
   s->guard.ready();
 
+  // Accept failures (out of descriptors, say) repeat at once while their
+  // cause lasts, since the pending connection stays queued: the loop then
+  // pauses, 5 ms doubling to 1 s, and logs once per episode.
+  asio::steady_timer pause(ex);
+  std::chrono::milliseconds backoff{0};
+  std::size_t failures = 0;
   for (;;) {
+    if (backoff.count() > 0) {
+      pause.expires_after(backoff);
+      auto op = co_await ticker.tick(pause.async_wait(asio::deferred));
+      if (op.is_control() && op.control().is_shutdown()) break;
+    }
     auto accept = acceptor.async_accept(asio::as_tuple(asio::deferred));
     auto op = co_await ticker.tick(std::move(accept));
     if (op.is_control()) {
@@ -261,15 +373,32 @@ asio::awaitable<void> HealthServer::process_start() {
     auto [aec, socket] = std::move(op.next());
     if (aec == asio::error::operation_aborted) continue;  // the message that cancelled it is next
     if (aec) {
-      // Out of descriptors and the like: the server goes on; the client
-      // sees its connection refused or reset.
-      detail::log_line(LogLevel::warn, s->name, "accept failed: " + aec.message());
+      // The server goes on; the client waits in the backlog, or sees its
+      // connection refused or reset.
+      if (failures++ == 0) {
+        detail::log_line(LogLevel::warn, s->name,
+                         "accept failed: " + aec.message() + "; retrying with backoff (logged once until it recovers)");
+      }
+      backoff = std::min<std::chrono::milliseconds>(
+          std::max<std::chrono::milliseconds>(backoff * 2, std::chrono::milliseconds(5)), std::chrono::seconds(1));
       continue;
     }
-    const bool overloaded = s->connections >= s->options.max_connections;
-    if (overloaded && s->connections >= 2 * s->options.max_connections) continue;  // closed unanswered
-    ++s->connections;
-    asio::co_spawn(ex, session(s, std::move(socket), overloaded), [name = s->name](const std::exception_ptr& e) {
+    if (failures > 0) {
+      detail::log_line(LogLevel::info, s->name,
+                       "accepting again after " + std::to_string(failures) + " failed accepts");
+      failures = 0;
+      backoff = std::chrono::milliseconds(0);
+    }
+    // At the limit, an idle or slow connection makes room: a probe is never
+    // starved by clients that send nothing (or slowly). Only when every
+    // connection is being answered is the newcomer refused.
+    bool overloaded = s->counted() >= s->options.max_connections && !s->evict_one();
+    if (overloaded && s->counted() - s->options.max_connections >= s->options.max_connections)
+      continue;  // closed unanswered
+    auto conn = std::make_shared<detail::HealthConnection>(std::move(socket));
+    conn->answering = overloaded;  // the 503 is not evicted
+    Registration registration(s, s->connections.insert(s->connections.end(), std::move(conn)));
+    asio::co_spawn(ex, session(s, std::move(registration), overloaded), [name = s->name](const std::exception_ptr& e) {
       if (e) detail::log_line(LogLevel::warn, name, "connection ended with an error: " + describe(e));
     });
   }
@@ -278,12 +407,15 @@ asio::awaitable<void> HealthServer::process_start() {
   // unlist themselves, and the last one wakes this wait.
   acceptor.close(ec);
   s->close_all();
-  if (s->connections > 0) {
+  if (!s->connections.empty()) {
     asio::steady_timer drained(ex, asio::steady_timer::time_point::max());
     s->drained = &drained;
+    struct Forget {  // also if this frame is destroyed while it waits
+      State& s;
+      ~Forget() { s.drained = nullptr; }
+    } forget{*s};
     auto [wec] = co_await drained.async_wait(tuple_token);
     (void)wec;
-    s->drained = nullptr;
   }
 }
 

@@ -6,6 +6,7 @@
 #include <ctime>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 
 namespace pm {
 
@@ -27,6 +28,63 @@ std::string iso8601(std::chrono::system_clock::time_point t) {
   std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%06lldZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
                 tm.tm_hour, tm.tm_min, tm.tm_sec, frac);
   return buf;
+}
+
+/// `text` as valid UTF-8: each maximal invalid subsequence (a stray or
+/// truncated byte, an overlong form, a surrogate, beyond U+10FFFF) becomes
+/// one U+FFFD, as the Unicode standard recommends; valid text is unchanged.
+/// JSON strings must be UTF-8, and a name or an error text may be anything.
+std::string valid_utf8(std::string_view text) {
+  constexpr std::string_view replacement = "\xEF\xBF\xBD";
+  std::string out;
+  out.reserve(text.size());
+  std::size_t i = 0;
+  while (i < text.size()) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    if (c < 0x80) {
+      out.push_back(static_cast<char>(c));
+      ++i;
+      continue;
+    }
+    std::size_t length = 0;
+    unsigned char low = 0x80;  // the second byte's range; later bytes are 0x80..0xBF
+    unsigned char high = 0xBF;
+    if (c >= 0xC2 && c <= 0xDF) {
+      length = 2;
+    } else if (c == 0xE0) {
+      length = 3;
+      low = 0xA0;  // no overlong forms
+    } else if ((c >= 0xE1 && c <= 0xEC) || c == 0xEE || c == 0xEF) {
+      length = 3;
+    } else if (c == 0xED) {
+      length = 3;
+      high = 0x9F;  // no surrogates
+    } else if (c == 0xF0) {
+      length = 4;
+      low = 0x90;  // no overlong forms
+    } else if (c >= 0xF1 && c <= 0xF3) {
+      length = 4;
+    } else if (c == 0xF4) {
+      length = 4;
+      high = 0x8F;  // nothing beyond U+10FFFF
+    } else {
+      out += replacement;  // a continuation byte, C0, C1, F5..FF
+      ++i;
+      continue;
+    }
+    std::size_t n = 1;
+    for (; n < length && i + n < text.size(); ++n) {
+      const auto d = static_cast<unsigned char>(text[i + n]);
+      if (d < (n == 1 ? low : 0x80) || d > (n == 1 ? high : 0xBF)) break;
+    }
+    if (n == length) {
+      out.append(text.substr(i, length));
+    } else {
+      out += replacement;
+    }
+    i += n;
+  }
+  return out;
 }
 
 [[noreturn]] void bad(const std::string& path, const std::string& what) {
@@ -60,11 +118,11 @@ json::value to_json(const ChildStatus& status) {
   json::array children;
   children.reserve(status.children.size());
   for (const auto& c : status.children) children.push_back(to_json(c));
-  return json::object{{"path", status.path},
+  return json::object{{"path", valid_utf8(status.path)},
                       {"state", std::string(to_string(status.state))},
                       {"since", iso8601(status.since)},
                       {"restarts", static_cast<std::uint64_t>(status.restarts)},
-                      {"last_error", status.last_error},
+                      {"last_error", valid_utf8(status.last_error)},
                       {"ready", status.ready},
                       {"stale", status.stale},
                       {"children", std::move(children)}};

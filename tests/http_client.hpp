@@ -33,6 +33,7 @@ class Client {
   Client& operator=(const Client&) = delete;
 
   bool connected() const { return connected_; }
+  int fd() const { return fd_; }
   void write(const std::string& bytes) const {
     std::size_t done = 0;
     while (done < bytes.size()) {
@@ -41,6 +42,8 @@ class Client {
       done += static_cast<std::size_t>(n);
     }
   }
+  /// Tells the server that nothing more comes (half-close).
+  void shutdown_send() const { ::shutdown(fd_, SHUT_WR); }
   /// Reads until `text` has arrived (or the connection ends).
   std::string read_until(const std::string& text) const {
     std::string out;

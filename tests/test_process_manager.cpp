@@ -304,7 +304,8 @@ TEST(process_manager, two_hundred_children_on_four_threads_with_one_failing) {
       b.pre_insert(std::make_shared<FailingService>("bad-137", "broken", /*on_trigger=*/true));
       continue;
     }
-    idle.push_back(std::make_shared<IdleService>("s" + std::to_string(i)));
+    // append, not "s" + to_string(i): g++ 12 -O3 warns -Wrestrict there (GCC PR 105329).
+    idle.push_back(std::make_shared<IdleService>(std::string("s").append(std::to_string(i))));
     b.pre_insert(idle.back());
   }
   auto m = b.build();

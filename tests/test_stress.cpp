@@ -141,7 +141,8 @@ struct World {
     const int children = rand(1, 10);
     for (int i = 0; i < children && budget > 0; ++i) {
       if (depth < 4 && rand(0, 99) < 25) {
-        m->insert(make_manager("m" + std::to_string(next_id++), path, depth + 1, budget));
+        // append, not "m" + to_string(...): g++ 12 -O3 warns -Wrestrict there (GCC PR 105329).
+        m->insert(make_manager(std::string("m").append(std::to_string(next_id++)), path, depth + 1, budget));
       } else {
         --budget;
         m->insert(make_leaf(path, m, pick_kind(true)));

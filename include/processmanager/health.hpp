@@ -21,11 +21,18 @@ struct HealthOptions {
   std::string address = "127.0.0.1";  ///< the address to bind; loopback unless told otherwise
   std::uint16_t port = 0;             ///< 0 picks a free port (see HealthServer::port())
   /// A client must send each whole request, and take each response, within
-  /// this; a slower one is disconnected.
+  /// this; a slower one is disconnected. An idle keep-alive connection is
+  /// closed after it too.
   std::chrono::nanoseconds request_timeout = std::chrono::seconds(5);
-  /// A request larger than this (headers, or headers plus body) gets 413.
+  /// A request larger than this gets 413: every byte of it counts, whatever
+  /// its framing (request line and headers; a body by Content-Length, or
+  /// chunked with its chunk sizes, extensions and trailers). The read
+  /// buffer never grows beyond it either. Any value up to SIZE_MAX works.
   std::size_t max_request_bytes = 8192;
-  /// Connections beyond this many are answered 503 and closed.
+  /// At most this many connections count at once. A new one beyond it
+  /// evicts (closes) the oldest connection that is idle or still sending its
+  /// request, so idle or slow clients never starve a probe; only when every
+  /// connection is being answered is it answered 503 and closed.
   std::size_t max_connections = 64;
   /// Called once listening, with the bound port (to print where to curl).
   std::function<void(std::uint16_t port)> on_listening{};
@@ -40,6 +47,8 @@ struct HealthOptions {
 /// - `GET /status`: the tree's status() as JSON (status_json.hpp).
 /// HEAD works like GET without the body. Another method gets 405 (with
 /// Allow), another path 404, a malformed request 400, an oversized one 413.
+/// If accepting fails (out of file descriptors), it retries with a growing
+/// pause (5 ms up to 1 s) and logs once until an accept succeeds again.
 ///
 /// It is ready once listening. It holds the tree weakly, so it can be a
 /// child of the tree it reports on. On shutdown it stops accepting, closes

@@ -1,13 +1,9 @@
 // RestartSupervisor: restarts one child with backoff, within an intensity limit.
 #pragma once
 
-#include <atomic>
 #include <chrono>
 #include <cstddef>
-#include <deque>
 #include <memory>
-#include <mutex>
-#include <random>
 #include <string>
 
 #include <processmanager/process_manager.hpp>
