@@ -214,29 +214,16 @@ int exit_code_for(const std::exception_ptr& failure, const std::string& root_nam
   try {
     std::rethrow_exception(failure);
   } catch (const ProcessError& e) {
-    // A stop that had to abandon a service still stopped within its bounds:
-    // the abandonment was logged where it happened, and decides nothing.
-    // (An abandoned coroutine is not a failure to its manager; an abandoned
-    // blocking service is, as AbandonedError: one rule for both.)
-    bool only_abandoned = true;
-    std::string abandoned;
-    for (const auto& f : e.failures()) {
-      if (!is_abandonment(f.cause)) {
-        only_abandoned = false;
-        break;
-      }
-      abandoned += (abandoned.empty() ? "" : ", ") + f.process_name;
-    }
-    if (only_abandoned) {
-      log_line(LogLevel::warn, root_name, "stopped, leaving abandoned services behind: " + abandoned);
-      return 0;
-    }
+    // A manager counts an abandoned service (coroutine or blocking thread)
+    // as not stopped, never as a failure: it is named in the log and does
+    // not change the exit code. What is here failed.
     // Each failure was logged where it happened (the manager's events);
     // here one summary line, so the exit is explained without repeats.
     log_line(LogLevel::error, root_name,
              "exiting with code 1: " + std::to_string(e.failures().size()) + " failure(s), the first '" +
                  e.process_name() + "' " + describe(e.root_cause()));
   } catch (const std::exception& e) {
+    // A root that is itself a blocking service, abandoned: the same rule.
     if (is_abandonment(failure)) {
       log_line(LogLevel::warn, root_name, std::string("stopped, leaving it abandoned: ") + e.what());
       return 0;

@@ -37,8 +37,8 @@ using pm::test::Running;
 constexpr auto window = std::chrono::hours(1);
 
 struct ChildSpec {
-  int fails = 0;                              // its first `fails` runs throw at once
-  std::optional<RestartPolicy> policy;        // ChildOptions::restart, or none
+  int fails = 0;                        // its first `fails` runs throw at once
+  std::optional<RestartPolicy> policy;  // ChildOptions::restart, or none
 };
 
 struct Spec {
@@ -55,8 +55,8 @@ struct Spec {
     o << strategies[static_cast<int>(strategy)] << (order == StartOrder::sequential ? " sequential" : " concurrent")
       << " max_restarts=" << max_restarts << " threads=" << threads << " children:";
     for (std::size_t i = 0; i < children.size(); ++i) {
-      o << " c" << i << "{fails=" << children[i].fails << " policy="
-        << (children[i].policy ? policies[static_cast<int>(*children[i].policy)] : "none") << "}";
+      o << " c" << i << "{fails=" << children[i].fails
+        << " policy=" << (children[i].policy ? policies[static_cast<int>(*children[i].policy)] : "none") << "}";
     }
     return o.str();
   }
@@ -175,8 +175,8 @@ Prediction model(const Spec& s) {
 
 void check(std::uint64_t seed) {
   const Spec s = random_spec(seed);
-  SCOPED_TRACE("seed " + std::to_string(seed) + ": " + s.describe() + " (replay: PM_MODEL_SEED=" +
-               std::to_string(seed) + ")");
+  SCOPED_TRACE("seed " + std::to_string(seed) + ": " + s.describe() +
+               " (replay: PM_MODEL_SEED=" + std::to_string(seed) + ")");
   const Prediction want = model(s);
   auto j = std::make_shared<Journal>();
   pm::test::EventRecorder rec;

@@ -22,9 +22,9 @@
 #include <utility>
 #include <vector>
 
+#include "../log.hpp"
 #include "deadline.hpp"
 #include "waiter.hpp"
-#include "../log.hpp"
 
 namespace pm::detail {
 
