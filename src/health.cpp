@@ -168,7 +168,7 @@ asio::awaitable<void> linger(std::shared_ptr<detail::HealthConnection> conn,
   if (ec) co_return;
   stream.expires_after(std::min<std::chrono::steady_clock::duration>(timeout, std::chrono::seconds(1)));
   std::array<char, 4096> sink{};
-  for (std::size_t drained = 0; drained < 1024 * 1024;) {
+  for (std::size_t drained = 0; drained < std::size_t{1024} * 1024;) {
     auto [rec, n] = co_await stream.async_read_some(asio::buffer(sink), tuple_token);
     if (rec) break;
     drained += n;
@@ -202,7 +202,7 @@ class Registration {
 /// One connection: requests answered in turn until the client closes, is
 /// too slow, sends something unacceptable, is evicted, or the server stops.
 asio::awaitable<void> session(std::shared_ptr<State> s, Registration registration, bool overloaded) {
-  const std::shared_ptr<detail::HealthConnection> conn = registration.connection();
+  const std::shared_ptr<detail::HealthConnection>& conn = registration.connection();
   beast::tcp_stream& stream = conn->stream;
   if (s->closing || conn->evicted) co_return;  // accepted just before the stop, or evicted before it began
   const auto timeout = std::chrono::duration_cast<std::chrono::steady_clock::duration>(s->options.request_timeout);
