@@ -135,7 +135,8 @@ TEST(core_restart, one_for_all_restarts_a_sibling_that_failed_instead_of_stoppin
   late->release = true;
   ASSERT_TRUE(j->wait_for("start late", 2));
   ASSERT_TRUE(run.wait_ready());
-  const auto* l = find(m->status(), "m/late");
+  const auto st = m->status();
+  const auto* l = find(st, "m/late");
   ASSERT_NE(l, nullptr);
   EXPECT_EQ(l->state, ChildState::ready);
   EXPECT_EQ(j->count("stop late"), 0u) << "the restarted run read the group stop of the run before";
@@ -257,7 +258,8 @@ TEST(core_status, a_restart_supervisor_relays_readiness_and_shows_its_nested_man
   EXPECT_FALSE(run.wait_ready(20ms)) << "a supervisor's child that is not ready made the tree ready";
   send(leaf, 1);
   ASSERT_TRUE(run.wait_ready());
-  EXPECT_NE(find(root->status(), "root/inner/leaf"), nullptr);
+  const auto st = root->status();
+  EXPECT_NE(find(st, "root/inner/leaf"), nullptr);
   run.stop();
   EXPECT_EQ(run.finish(), nullptr);
 }
@@ -543,7 +545,9 @@ TEST(core_extremes, a_grace_period_of_max_never_cancels_a_child_on_its_own) {
   ASSERT_TRUE(rec.wait_for([](const pm::Event& e) {
     return e.kind == EventKind::state && e.path == "m/quick" && e.state == ChildState::stopped;
   }));
-  EXPECT_EQ(find(m->status(), "m/patient")->state, ChildState::stopping);
+  const auto st = m->status();
+  ASSERT_NE(find(st, "m/patient"), nullptr);
+  EXPECT_EQ(find(st, "m/patient")->state, ChildState::stopping);
   send(patient, 3);  // ends it
   EXPECT_EQ(run.finish(), nullptr);
   EXPECT_FALSE(saw_state(rec, "m/patient", ChildState::abandoned));

@@ -22,7 +22,7 @@ namespace asio = boost::asio;
 /// suspended coroutine frame) while the context's services still exist,
 /// and complete() then does nothing: a waiter whose executor is gone is
 /// never touched.
-class Waiter {
+class Waiter : public std::enable_shared_from_this<Waiter> {
  public:
   using Handler = asio::any_completion_handler<void(bool)>;
 
@@ -75,10 +75,15 @@ std::shared_ptr<Waiter> Waiter::make(H&& handler) {
 }
 
 inline bool Waiter::complete(bool value) {
+  // The posted completion may resume the waiting coroutine on another
+  // thread at once, and that coroutine may hold the last other reference
+  // to this waiter: it stays alive until we have let go of its mutex.
+  const auto keep = shared_from_this();
   std::lock_guard lock(mu_);
   if (!handler_) return false;
-  asio::post(ex_, [h = Handler(std::move(*handler_)), value]() mutable { std::move(h)(value); });
+  Handler h(std::move(*handler_));
   handler_.reset();
+  asio::post(ex_, [h = std::move(h), value]() mutable { std::move(h)(value); });
   return true;
 }
 
