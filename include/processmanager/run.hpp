@@ -26,9 +26,9 @@ struct RunOptions {
 /// of its own. Throws std::invalid_argument for a null root. Returns:
 ///
 /// - 0 when the tree ended by itself or stopped as asked (a SIGINT,
-///   SIGTERM or SIGQUIT included), also when the stop had to abandon a
-///   service, coroutine or blocking thread alike (logged as an error, not
-///   counted as a failure);
+///   SIGTERM or SIGQUIT included), also when the stop had to cancel or
+///   abandon a service, coroutine or blocking thread alike (logged where it
+///   happens; a manager counts it as not stopped, not as a failure);
 /// - 1 when a service failed (the error, with the failing child's path, is
 ///   logged), or when the signal handling, the systemd notifier or a
 ///   handler on an io thread failed (logged; the tree is stopped), or the
