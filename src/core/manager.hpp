@@ -119,6 +119,10 @@ struct ChildNode final : ReadinessTarget, std::enable_shared_from_this<ChildNode
   /// can be `failed` while it still runs (a start timeout): that one is
   /// told to stop like any other.
   bool exited = false;
+  /// Taken off the parked list for a restart that has not begun yet (the
+  /// run's loop starts it after unlocking). A stop decided meanwhile is
+  /// recorded (`told`) and handed to the new run once it is started.
+  bool restart_pending = false;
 };
 
 /// A runnable's name; user code, so never called under a library lock.

@@ -474,12 +474,19 @@ void restart_child(const std::shared_ptr<ManagerRun>& run, const std::shared_ptr
   } catch (...) {
     error = std::current_exception();
   }
+  bool stop_now = false;
   {
     std::lock_guard lock(core.mu);
-    node->run_started = clock::now();
-    node->mark = node->run_started;
+    node->restart_pending = false;
     node->exited = false;
-    run->set_state(*node, ChildState::starting);
+    node->run_started = clock::now();
+    // Told to stop while its restart was on its way (the manager's stop, or
+    // its group's): it starts, and gets that stop at once.
+    stop_now = node->told;
+    if (!stop_now) {
+      node->mark = node->run_started;
+      run->set_state(*node, ChildState::starting);
+    }
     if (run->sequential()) run->awaiting = node.get();
     run->poke();  // its start timeout, or the next sequential restart
   }
@@ -488,6 +495,7 @@ void restart_child(const std::shared_ptr<ManagerRun>& run, const std::shared_ptr
     child_ended(node, error);
     return;
   }
+  if (stop_now) node->handle->request_shutdown();
   spawn(node, std::move(body), true);
 }
 

@@ -179,11 +179,13 @@ class ManagerRun {
   void tell(ChildNode& n, Actions& act, clock::time_point now, sys_clock::time_point when = {}) {
     // A child that has ended is not told: its next run must not read a
     // stop meant for this one.
-    if (n.told || n.exited) return;
+    if (n.told || (n.exited && !n.restart_pending)) return;
     n.told = true;
     n.mark = now;
     set_state(n, ChildState::stopping, {}, {}, when);
-    act.tell.push_back(n.handle);
+    // A restart about to begin drops stale stops from the handle first:
+    // this one is delivered once the new run exists (restart_child).
+    if (!n.restart_pending) act.tell.push_back(n.handle);
   }
   void force_one(ChildNode& n, clock::time_point now, Actions& act) {
     if (n.forced) return;
@@ -335,6 +337,7 @@ class ManagerRun {
       if (!n->parked || n->mark > now) continue;
       parked.erase(std::find(parked.begin(), parked.end(), n));
       n->parked = false;
+      n->restart_pending = true;
       act.restart.push_back(n->keep);
       if (sequential()) break;
     }
