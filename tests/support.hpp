@@ -16,6 +16,19 @@
 
 #include <processmanager/processmanager.hpp>
 
+// True in a build with a sanitizer, for g++ (which defines __SANITIZE_*)
+// and clang++ (which answers __has_feature) alike.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define PM_TEST_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) || __has_feature(undefined_behavior_sanitizer)
+#define PM_TEST_SANITIZED 1
+#endif
+#endif
+#ifndef PM_TEST_SANITIZED
+#define PM_TEST_SANITIZED 0
+#endif
+
 namespace pm::test {
 
 using namespace std::chrono_literals;

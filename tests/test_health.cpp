@@ -332,6 +332,11 @@ class LogCapture {
 };
 
 TEST(health, out_of_descriptors_the_accept_loop_backs_off_and_logs_once) {
+#if PM_TEST_SANITIZED
+  // The sanitizers' runtime (UBSan's vptr check) opens a pipe to probe
+  // memory; without free descriptors it reports every object as invalid.
+  GTEST_SKIP() << "needs a process without free descriptors, which the sanitizers cannot run in";
+#endif
   Tree t(HealthOptions{.request_timeout = pm::test::hang_guard});
   LogCapture log;
   Running run(t.manager);

@@ -183,7 +183,7 @@ TEST(run, an_abandoned_blocking_service_exits_0_like_an_abandoned_coroutine) {
 // Issue 12, item 5: what runs beside the tree was started detached, and
 // its failure was dropped. A failure there is logged and fails the run.
 TEST(run, signal_handling_that_cannot_start_is_logged_and_fails_the_run) {
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#if PM_TEST_SANITIZED
   // UBSan's vptr check opens a pipe to probe memory; without descriptors
   // it reports every object as invalid and the helper aborts first.
   GTEST_SKIP() << "needs a process without free descriptors, which the sanitizers cannot run in";
