@@ -150,17 +150,17 @@ asio::awaitable<bool> ProcessManager::wait_ready(std::chrono::nanoseconds timeou
       } else if ((run && run->stopping) || (!run && core->finished)) {
         settled = false;  // stopping or stopped: it will not become ready
       } else {
+        // The timer is armed before the waiter is listed: once listed, it
+        // may be completed on another thread and this frame resume and
+        // end, so nothing of the frame may be touched after the lock.
+        timer.expires_at(detail::sat_add(std::chrono::steady_clock::now(), timeout));
+        timer.async_wait([w](const boost::system::error_code& ec) {
+          if (!ec) w->complete(false);
+        });
         core->ready_waiters.push_back(w);
       }
     }
-    if (settled) {
-      w->complete(*settled);
-      return;
-    }
-    timer.expires_at(detail::sat_add(std::chrono::steady_clock::now(), timeout));
-    timer.async_wait([w](const boost::system::error_code& ec) {
-      if (!ec) w->complete(false);
-    });
+    if (settled) w->complete(*settled);
   };
   const bool answer = co_await asio::async_initiate<const asio::use_awaitable_t<>&, void(bool)>(std::move(start_wait),
                                                                                                 asio::use_awaitable);

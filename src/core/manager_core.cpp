@@ -177,12 +177,17 @@ asio::awaitable<void> ManagerCore::reload() {
   // Every child's reload() at once, on the caller's executor: the slowest
   // one, not their sum, is what the caller waits.
   auto start = [&awaited, &ex](auto handler) {
+    // Copied out of the frame first: the last reload to end completes the
+    // waiter, and this frame may then resume and end on another thread
+    // while this loop still runs.
+    auto handles = std::move(awaited);
+    const auto where = ex;
     auto join = std::make_shared<Join>();
-    join->left = awaited.size();
+    join->left = handles.size();
     join->waiter = Waiter::make(std::move(handler));
-    for (auto& h : awaited) {
+    for (auto& h : handles) {
       auto one = h->reload();
-      asio::co_spawn(ex, std::move(one), [join](const std::exception_ptr&) {
+      asio::co_spawn(where, std::move(one), [join](const std::exception_ptr&) {
         // A handle's reload() that throws has still ended its part.
         std::shared_ptr<Waiter> last;
         {
