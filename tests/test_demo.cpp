@@ -60,7 +60,8 @@ TEST(demo, serves_readyz_reloads_on_sighup_and_stops_on_sigterm_with_exit_0) {
   EXPECT_GE(sd.wait_for_text("RELOADING=1"), 0);
 
   demo.signal(SIGTERM);
-  EXPECT_EQ(demo.wait_exit(), 0);
+  const int code_at_exit = demo.wait_exit();
+  EXPECT_EQ(code_at_exit, 0) << "the demo's log:\n" << demo.stderr_text();
   EXPECT_TRUE(demo.wait_line("demo: exit code 0"));
   EXPECT_GE(sd.wait_for_text("STOPPING=1"), 0);
 }
