@@ -116,7 +116,7 @@ void ManagerCore::control(RuntimeControlMessage msg, std::vector<std::shared_ptr
     if (msg.is_shutdown()) {
       // A manager asks each child to stop once: a second shutdown (a second
       // signal, a parent's stop after a failure here) changes nothing.
-      run->begin_stop(act);
+      run->begin_stop(clock::now(), act);
     } else {
       act.tell.reserve(run->live);
       for (ChildNode* n = run->head; n != nullptr; n = n->next) {

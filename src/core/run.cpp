@@ -56,15 +56,7 @@ void tell_all(const std::vector<std::shared_ptr<ProcessControlHandler>>& handles
 /// A concurrent stop's messages are all handed out: its grace starts now.
 void told_all(ManagerRun& run) {
   std::lock_guard lock(run.core->mu);
-  if (!run.telling) return;
-  run.telling = false;
-  run.stop_at = clock::now();
-  if (run.special > 0) {
-    for (ChildNode* n = run.head; n != nullptr; n = n->next) {
-      if (n->told && !n->forced) n->mark = run.stop_at;
-    }
-  }
-  run.poke();
+  run.on_told_all(clock::now());
 }
 
 /// Hands out the stop messages of `act`, then starts the grace.
@@ -189,10 +181,8 @@ void child_ended(const std::shared_ptr<ChildNode>& node, const std::exception_pt
   ManagerCore& core = *run.core;
   std::shared_ptr<ChildNode> released;  // the run's reference, let go after the lock
   Actions act;
-  bool timed_out = false;
-  bool late = false;
-  std::vector<std::string> nested_not_stopped;
-  std::vector<Failure> new_failures;
+  ChildEnd end;
+  end.error = e;
   if (e) {
     bool forced = false;
     bool collateral = false;
@@ -205,62 +195,15 @@ void child_ended(const std::shared_ptr<ChildNode>& node, const std::exception_pt
     // blocking service's run with AbandonedError. Neither is a failure of
     // its own; both are children that did not stop in time.
     if (forced && (is_operation_aborted(e) || is_abandonment(e))) {
-      timed_out = true;
+      end.timed_out = true;
     } else {
-      new_failures = failures_of(core.name, node->name, e, collateral, &nested_not_stopped);
+      end.failures = failures_of(core.name, node->name, e, collateral, &end.nested_not_stopped);
     }
   }
   ReadyNotice readiness;
   {
     std::lock_guard lock(core.mu);
-    node->exited = true;
-    // Abandoned (taken off the books) before it ended: it is no longer
-    // this manager's, and its end is not reported. The run it belonged to
-    // may have completed, and completion means every event was delivered.
-    if (!node->linked) return;
-    late = !run.accepting;
-    const bool was_awaited = run.awaiting == node.get();
-    const bool failed = !new_failures.empty();
-    if (!late && run.supervise_end(node, e, failed, act)) {
-      // Kept for a restart, or let go: nothing more to do here.
-    } else if (timed_out) {
-      const std::string path = core.name + "/" + node->name;
-      run.not_stopped.push_back(path);
-      run.set_state(*node, ChildState::stopped, e, "did not stop within its timeout; cancelled");
-    } else if (!new_failures.empty()) {
-      node->last_error = e;
-      run.failures.insert(run.failures.end(), new_failures.begin(), new_failures.end());
-      run.not_stopped.insert(run.not_stopped.end(), nested_not_stopped.begin(), nested_not_stopped.end());
-      run.set_state(*node, ChildState::failed, e);
-      run.begin_stop(act);
-    } else {
-      if (late) {
-        run.set_state(*node, ChildState::stopped, {}, "ended after its manager had abandoned it");
-      } else {
-        run.set_state(*node, ChildState::stopped);
-      }
-      if (!core.auto_cleanup) ++core.finished_kept;
-      if (node->options && node->options->significant && !run.stopping) {
-        Event ev;
-        ev.kind = EventKind::state;
-        ev.path = core.own_path();
-        ev.time = now_us();
-        ev.state = ChildState::stopping;
-        ev.previous = core.self_state;
-        ev.detail = "significant child '" + node->name + "' ended; stopping";
-        core.queue(std::move(ev));
-        run.begin_stop(act);
-      }
-    }
-    if (!node->parked) released = run.unlink(*node);
-    // The loop waits for the last child; in sequential order it also moves
-    // on at each end (the next start, or the next stop in reverse order);
-    // a restart or a group's end needs it too.
-    if (run.live == 0 || was_awaited || (run.sequential() && run.stopping) || run.special > 0 || node->parked ||
-        run.group_running > 0 || !run.parked.empty()) {
-      run.poke();
-    }
-    run.update_ready(readiness);
+    released = run.on_end(node, std::move(end), clock::now(), act, readiness);
   }
   notify_ready(readiness);  // before the events: whoever reacts to one sees readiness up to date
   core.flush();
@@ -477,18 +420,7 @@ void restart_child(const std::shared_ptr<ManagerRun>& run, const std::shared_ptr
   bool stop_now = false;
   {
     std::lock_guard lock(core.mu);
-    node->restart_pending = false;
-    node->exited = false;
-    node->run_started = clock::now();
-    // Told to stop while its restart was on its way (the manager's stop, or
-    // its group's): it starts, and gets that stop at once.
-    stop_now = node->told;
-    if (!stop_now) {
-      node->mark = node->run_started;
-      run->set_state(*node, ChildState::starting);
-    }
-    if (run->sequential()) run->awaiting = node.get();
-    run->poke();  // its start timeout, or the next sequential restart
+    stop_now = run->on_restarted(*node, clock::now());
   }
   core.flush();
   if (error) {
@@ -548,7 +480,7 @@ void start_or_fail(const std::shared_ptr<ManagerRun>& run, const std::shared_ptr
       std::lock_guard lock(core.mu);
       if (counted) --run->pending_starts;
       run->failures.insert(run->failures.end(), failures.begin(), failures.end());
-      run->begin_stop(act);
+      run->begin_stop(clock::now(), act);
       run->update_ready(readiness);
     }
     notify_ready(readiness);

@@ -8,6 +8,36 @@
 
 namespace pm::detail {
 
+/// Under a restarting strategy, the siblings that stop and restart with a
+/// child that restarts, newest first (the order they are told in): OTP's
+/// rule for each strategy. stop_all restarts nobody with anybody (a child
+/// with restart options restarts alone).
+inline std::vector<ChildNode*> restart_group(Strategy strategy, const ChildNode& restarting, ChildNode* tail) {
+  std::vector<ChildNode*> group;
+  switch (strategy) {
+    case Strategy::stop_all:
+    case Strategy::one_for_one:
+      break;
+    case Strategy::one_for_all:  // every other child
+      for (ChildNode* m = tail; m != nullptr; m = m->prev) {
+        if (m != &restarting) group.push_back(m);
+      }
+      break;
+    case Strategy::rest_for_one:  // the children started after it
+      for (ChildNode* m = tail; m != nullptr && m != &restarting; m = m->prev) group.push_back(m);
+      break;
+  }
+  return group;
+}
+
+/// What was learned about a child's end outside the lock.
+struct ChildEnd {
+  std::exception_ptr error;                     // what it ended with, if anything
+  bool timed_out = false;                       // cancelled after its timeout: not stopped, not failed
+  std::vector<Failure> failures;                // empty: it did not fail
+  std::vector<std::string> nested_not_stopped;  // from a nested manager's report
+};
+
 /// One execution of process_start(). Its frame owns it; its children refer
 /// to it weakly, so a child that outlives the run (abandoned) reports into
 /// nothing, never into the next run, and a torn-down run frees its books.
@@ -148,10 +178,10 @@ class ManagerRun {
 
   /// Starts the graceful stop. Under core->mu; the returned actions say
   /// whom to tell.
-  void begin_stop(Actions& act) {
+  void begin_stop(clock::time_point now, Actions& act) {
     if (stopping) return;
     stopping = true;
-    stop_at = clock::now();
+    stop_at = now;
     core->set_self(ChildState::stopping);
     to_start.clear();  // a sequential start ends here
     awaiting = nullptr;
@@ -176,6 +206,19 @@ class ManagerRun {
     }
     poke();
   }
+  /// A concurrent stop's messages are all handed out: its grace (and each
+  /// told child's own timeout) starts now.
+  void on_told_all(clock::time_point now) {
+    if (!telling) return;
+    telling = false;
+    stop_at = now;
+    if (special > 0) {
+      for (ChildNode* n = head; n != nullptr; n = n->next) {
+        if (n->told && !n->forced) n->mark = now;
+      }
+    }
+    poke();
+  }
   void tell(ChildNode& n, Actions& act, clock::time_point now, sys_clock::time_point when = {}) {
     // A child that has ended is not told: its next run must not read a
     // stop meant for this one.
@@ -194,10 +237,10 @@ class ManagerRun {
     if (auto sp = n.weak_from_this().lock()) act.force.push_back(std::move(sp));
   }
   /// Marks every live child forced. Under core->mu.
-  void begin_force(Actions& act) {
+  void begin_force(clock::time_point now, Actions& act) {
     forcing = true;
     stopping = true;
-    force_at = clock::now();
+    force_at = now;
     act.force.reserve(live);
     for (ChildNode* n = tail; n != nullptr; n = n->prev) force_one(*n, force_at, act);
   }
@@ -248,7 +291,7 @@ class ManagerRun {
       // child is asked to stop before it is cancelled, even when our parent
       // ran out of patience while another thread was handing messages out.
       if (telling) return;
-      begin_force(act);
+      begin_force(now, act);
       return;
     }
     if (!stopping && (special > 0 || sequential())) check_start_timeouts(now, act);
@@ -274,7 +317,7 @@ class ManagerRun {
     if (sequential()) {
       plan_sequential_stop(now, act);
     } else if (special == 0) {
-      if (now >= sat_add(stop_at, core->grace)) begin_force(act);
+      if (now >= sat_add(stop_at, core->grace)) begin_force(now, act);
     } else {
       // Some children have timeouts of their own: each is forced at its
       // own deadline, and abandoned at its own bound after that.
@@ -350,7 +393,8 @@ class ManagerRun {
   /// under stop_all the child's own RestartOptions limit it (its
   /// max_restarts within its window), under the others the manager's
   /// intensity does. Under core->mu.
-  bool supervise_end(const std::shared_ptr<ChildNode>& node, const std::exception_ptr& e, bool failed, Actions& act) {
+  bool supervise_end(const std::shared_ptr<ChildNode>& node, const std::exception_ptr& e, bool failed,
+                     clock::time_point now, Actions& act) {
     ChildNode& n = *node;
     const bool own_limit = core->strategy == Strategy::stop_all;
     if (own_limit && !(n.options && n.options->restart)) return false;
@@ -362,13 +406,19 @@ class ManagerRun {
       set_state(n, ChildState::failed, e, "temporary child; not restarted");
       return true;
     }
-    const clock::time_point now = clock::now();
     if (n.group) {
       // Stopped so that its group restarts together: wait with the others.
       n.group = false;
       --group_running;
-      ++n.restarts;
       if (failed) n.last_error = e;
+      if (n.options && n.options->restart && n.options->restart->policy == RestartPolicy::temporary) {
+        // As in OTP, a temporary child is never restarted, not even with
+        // its group: it leaves the books.
+        set_state(n, failed ? ChildState::failed : ChildState::stopped, e,
+                  "temporary child; not restarted with its group");
+        return true;
+      }
+      ++n.restarts;
       park(node, std::max(now, group_restart_at));
       set_state(n, ChildState::restarting, {}, "restarting with its group");
       return true;
@@ -398,7 +448,7 @@ class ManagerRun {
       n.last_error = cause;
       set_state(n, ChildState::failed, cause, reason);
       failures.push_back(Failure{path, cause, std::move(reason), false});
-      begin_stop(act);
+      begin_stop(now, act);
       return true;
     }
     // Backoff: initial * factor^(k-1), capped, k counting the restarts since
@@ -419,19 +469,83 @@ class ManagerRun {
     park(node, sat_add(now, backoff));
     set_state(n, ChildState::restarting, e);
     // The rest of its group stops (newest first) and restarts with it.
-    if (core->strategy == Strategy::one_for_all || core->strategy == Strategy::rest_for_one) {
-      group_restart_at = sat_add(now, backoff);
-      ChildNode* first = core->strategy == Strategy::one_for_all ? head : n.next;
-      for (ChildNode* m = tail; m != nullptr && first != nullptr; m = m->prev) {
-        if (m != &n && !m->parked && !m->group) {
-          m->group = true;
-          ++group_running;
-          tell(*m, act, now);
-        }
-        if (m == first) break;
-      }
+    group_restart_at = sat_add(now, backoff);
+    for (ChildNode* m : restart_group(core->strategy, n, tail)) {
+      if (m->parked || m->group) continue;  // waiting for a restart already, or told already
+      m->group = true;
+      ++group_running;
+      tell(*m, act, now);
     }
     return true;
+  }
+
+  /// What a child's end does, decided from what was learned about it
+  /// outside the lock. Returns the run's reference to it when it leaves the
+  /// books (released by the caller after unlocking); fills in whom to tell
+  /// and what readiness became. Under core->mu.
+  [[nodiscard]] std::shared_ptr<ChildNode> on_end(const std::shared_ptr<ChildNode>& node, ChildEnd end,
+                                                  clock::time_point now, Actions& act, ReadyNotice& readiness) {
+    node->exited = true;
+    // Abandoned (taken off the books) before it ended: it is no longer
+    // this manager's, and its end is not reported. The run it belonged to
+    // may have completed, and completion means every event was delivered.
+    if (!node->linked) return nullptr;
+    const bool late = !accepting;
+    const bool was_awaited = awaiting == node.get();
+    const bool failed = !end.failures.empty();
+    if (!late && supervise_end(node, end.error, failed, now, act)) {
+      // Kept for a restart, or let go: nothing more to do here.
+    } else if (end.timed_out) {
+      not_stopped.push_back(core->name + "/" + node->name);
+      set_state(*node, ChildState::stopped, end.error, "did not stop within its timeout; cancelled");
+    } else if (failed) {
+      node->last_error = end.error;
+      failures.insert(failures.end(), end.failures.begin(), end.failures.end());
+      not_stopped.insert(not_stopped.end(), end.nested_not_stopped.begin(), end.nested_not_stopped.end());
+      set_state(*node, ChildState::failed, end.error);
+      begin_stop(now, act);
+    } else {
+      set_state(*node, ChildState::stopped, {}, late ? "ended after its manager had abandoned it" : std::string());
+      if (!core->auto_cleanup) ++core->finished_kept;
+      if (node->options && node->options->significant && !stopping) {
+        Event ev;
+        ev.kind = EventKind::state;
+        ev.path = core->own_path();
+        ev.time = now_us();
+        ev.state = ChildState::stopping;
+        ev.previous = core->self_state;
+        ev.detail = "significant child '" + node->name + "' ended; stopping";
+        core->queue(std::move(ev));
+        begin_stop(now, act);
+      }
+    }
+    std::shared_ptr<ChildNode> released;
+    if (!node->parked) released = unlink(*node);
+    // The loop waits for the last child; in sequential order it also moves
+    // on at each end (the next start, or the next stop in reverse order);
+    // a restart or a group's end needs it too.
+    if (live == 0 || was_awaited || (sequential() && stopping) || special > 0 || node->parked || group_running > 0 ||
+        !parked.empty()) {
+      poke();
+    }
+    update_ready(readiness);
+    return released;
+  }
+
+  /// A restart has begun: the child runs again from `now`. Returns whether
+  /// it must be told to stop at once (the manager's stop or its group's
+  /// reached it while the restart was on its way). Under core->mu.
+  bool on_restarted(ChildNode& n, clock::time_point now) {
+    n.restart_pending = false;
+    n.exited = false;
+    n.run_started = now;
+    if (!n.told) {
+      n.mark = now;
+      set_state(n, ChildState::starting);
+    }
+    if (sequential()) awaiting = &n;
+    poke();  // its start timeout, or the next sequential restart
+    return n.told;
   }
 
   void park(const std::shared_ptr<ChildNode>& node, clock::time_point at) {
@@ -458,7 +572,7 @@ class ManagerRun {
       failures.push_back(Failure{path, cause, "start timeout", false});
       n->last_error = cause;
       set_state(*n, ChildState::failed, cause, "start timeout");
-      begin_stop(act);
+      begin_stop(now, act);
       return;
     }
   }
