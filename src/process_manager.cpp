@@ -140,7 +140,7 @@ asio::awaitable<bool> ProcessManager::wait_ready(std::chrono::nanoseconds timeou
   // Checked and listed under the lock that readiness changes under, so a
   // change cannot fall between the check and the listing.
   auto start_wait = [&](auto handler) {
-    w = detail::Waiter::make(std::move(handler));
+    w = detail::Waiter::make(std::move(handler), true);
     std::optional<bool> settled;
     {
       std::lock_guard lock(core->mu);
@@ -162,14 +162,21 @@ asio::awaitable<bool> ProcessManager::wait_ready(std::chrono::nanoseconds timeou
     }
     if (settled) w->complete(*settled);
   };
-  const bool answer = co_await asio::async_initiate<const asio::use_awaitable_t<>&, void(bool)>(std::move(start_wait),
-                                                                                                asio::use_awaitable);
-  {
-    std::lock_guard lock(core->mu);
-    auto& list = core->ready_waiters;
-    list.erase(std::remove(list.begin(), list.end(), w), list.end());
-  }
-  co_return answer;
+  // Taken off the list however the wait ends (a cancelled one included).
+  struct Unlist {
+    Unlist(detail::ManagerCore& c, const std::shared_ptr<detail::Waiter>& waiter) : core(c), w(waiter) {}
+    detail::ManagerCore& core;
+    const std::shared_ptr<detail::Waiter>& w;
+    Unlist(const Unlist&) = delete;
+    Unlist& operator=(const Unlist&) = delete;
+    ~Unlist() {
+      std::lock_guard lock(core.mu);
+      auto& list = core.ready_waiters;
+      list.erase(std::remove(list.begin(), list.end(), w), list.end());
+    }
+  } unlist(*core, w);
+  co_return co_await asio::async_initiate<const asio::use_awaitable_t<>&, void(boost::system::error_code, bool)>(
+      std::move(start_wait), asio::use_awaitable);
 }
 
 bool ProcessManager::is_ready() const {

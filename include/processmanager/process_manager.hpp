@@ -152,6 +152,7 @@ class ProcessManager : public Runnable {
   /// false if `timeout` passes first, once shutdown begins, or at once when
   /// the manager has run and stopped (neither will become ready). Before
   /// the first run it waits for the run. Completes on the caller's executor.
+  /// Terminal cancellation ends the wait with operation_aborted.
   asio::awaitable<bool> wait_ready(std::chrono::nanoseconds timeout);
   /// True while the manager runs, is not stopping, and every child is ready.
   bool is_ready() const;

@@ -27,7 +27,8 @@ class ProcessControlHandler {
   /// control(RuntimeControlMessage::reload()).
   void request_reload() { control(RuntimeControlMessage::reload()); }
   /// Sends shutdown. For a plain service it completes once the message is
-  /// delivered; a manager overrides it to complete once its subtree stopped.
+  /// delivered; a manager overrides it to complete once its subtree stopped
+  /// (a wait that terminal cancellation ends with operation_aborted).
   /// Completes on the caller's executor.
   virtual asio::awaitable<void> shutdown();
   /// Sends reload. Completes once the message reached every service it is

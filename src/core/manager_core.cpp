@@ -184,7 +184,7 @@ asio::awaitable<void> ManagerCore::reload() {
     const auto where = ex;
     auto join = std::make_shared<Join>();
     join->left = handles.size();
-    join->waiter = Waiter::make(std::move(handler));
+    join->waiter = Waiter::make(std::move(handler), true);
     for (auto& h : handles) {
       auto one = h->reload();
       asio::co_spawn(where, std::move(one), [join](const std::exception_ptr&) {
@@ -198,7 +198,8 @@ asio::awaitable<void> ManagerCore::reload() {
       });
     }
   };
-  co_await asio::async_initiate<const asio::use_awaitable_t<>&, void(bool)>(std::move(start), asio::use_awaitable);
+  co_await asio::async_initiate<const asio::use_awaitable_t<>&, void(boost::system::error_code, bool)>(
+      std::move(start), asio::use_awaitable);
 }
 
 asio::awaitable<void> ManagerCore::shutdown() {
@@ -207,7 +208,7 @@ asio::awaitable<void> ManagerCore::shutdown() {
   // Named, not a temporary of the co_await expression: GCC 12 destroys such
   // temporaries twice when they span the suspension (STYLE.md).
   auto wait_stopped = [self](auto handler) {
-    auto w = Waiter::make(std::move(handler));
+    auto w = Waiter::make(std::move(handler), true);
     std::shared_ptr<ManagerRun> run;  // released after the lock
     {
       std::lock_guard lock(self->mu);
@@ -219,8 +220,8 @@ asio::awaitable<void> ManagerCore::shutdown() {
     }
     w->complete(true);
   };
-  co_await asio::async_initiate<const asio::use_awaitable_t<>&, void(bool)>(std::move(wait_stopped),
-                                                                            asio::use_awaitable);
+  co_await asio::async_initiate<const asio::use_awaitable_t<>&, void(boost::system::error_code, bool)>(
+      std::move(wait_stopped), asio::use_awaitable);
 }
 
 }  // namespace pm::detail

@@ -634,8 +634,8 @@ asio::awaitable<void> run_manager(std::shared_ptr<ManagerCore> core) {
       }
       w->complete(true);
     };
-    co_await asio::async_initiate<const asio::use_awaitable_t<>&, void(bool)>(std::move(wait_drained),
-                                                                              asio::use_awaitable);
+    co_await asio::async_initiate<const asio::use_awaitable_t<>&, void(boost::system::error_code, bool)>(
+        std::move(wait_drained), asio::use_awaitable);
   }
   for (auto& w : waiters) w->complete(true);
   if (!failures.empty()) {

@@ -9,6 +9,9 @@
 
 #include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/associated_cancellation_slot.hpp>
+#include <boost/asio/cancellation_type.hpp>
+#include <boost/asio/error.hpp>
 #include <boost/asio/execution_context.hpp>
 #include <boost/asio/post.hpp>
 
@@ -24,21 +27,28 @@ namespace asio = boost::asio;
 /// never touched.
 class Waiter : public std::enable_shared_from_this<Waiter> {
  public:
-  using Handler = asio::any_completion_handler<void(bool)>;
+  using Handler = asio::any_completion_handler<void(boost::system::error_code, bool)>;
 
   /// Lists `handler` with the service of its executor's context. Takes the
-  /// handler before type erasure: its executor names the context.
+  /// handler before type erasure: its executor names the context. With
+  /// `cancellable`, a terminal cancellation on the handler's slot ends the
+  /// wait with operation_aborted (what the waited-for thing does is not
+  /// affected: it goes on).
   template <class H>
-  static std::shared_ptr<Waiter> make(H&& handler);
+  static std::shared_ptr<Waiter> make(H&& handler, bool cancellable = false);
 
   /// Completes the wait with `value` by posting to the waiter's executor.
   /// Returns false when it was completed already or its context is gone.
-  bool complete(bool value);
+  bool complete(bool value) { return finish({}, value); }
+  /// Ends the wait with operation_aborted; false when it had ended.
+  bool cancel() { return finish(asio::error::operation_aborted, false); }
 
   /// Called by the context's shutdown: drops the handler unrun.
   void drop() noexcept;
 
  private:
+  bool finish(boost::system::error_code ec, bool value);
+
   std::mutex mu_;
   // In an optional, moved only by construction: Asio 1.81's move assignment
   // of any_completion_handler recurses without end (it copies from an
@@ -65,16 +75,26 @@ class WaiterService final : public asio::execution_context::service {
 };
 
 template <class H>
-std::shared_ptr<Waiter> Waiter::make(H&& handler) {
+std::shared_ptr<Waiter> Waiter::make(H&& handler, bool cancellable) {
   auto w = std::make_shared<Waiter>();
   w->ex_ = asio::any_io_executor(asio::get_associated_executor(handler));
   w->handler_.emplace(std::forward<H>(handler));
+  // On the type-erased handler's slot: erasing it installs a forwarder of
+  // its own in the original slot. Assigned here, on the waiting coroutine's
+  // executor, where its signal is emitted; cleared there too, just before
+  // the completion runs.
+  if (auto slot = asio::get_associated_cancellation_slot(*w->handler_); cancellable && slot.is_connected()) {
+    slot.assign([weak = std::weak_ptr<Waiter>(w)](asio::cancellation_type type) {
+      if ((type & asio::cancellation_type::terminal) == asio::cancellation_type::none) return;
+      if (auto waiter = weak.lock()) waiter->cancel();
+    });
+  }
   auto& ctx = asio::query(w->ex_, asio::execution::context);
   asio::use_service<WaiterService>(ctx).add(w);
   return w;
 }
 
-inline bool Waiter::complete(bool value) {
+inline bool Waiter::finish(boost::system::error_code ec, bool value) {
   // The posted completion may resume the waiting coroutine on another
   // thread at once, and that coroutine may hold the last other reference
   // to this waiter: it stays alive until we have let go of its mutex.
@@ -83,7 +103,10 @@ inline bool Waiter::complete(bool value) {
   if (!handler_) return false;
   Handler h(std::move(*handler_));
   handler_.reset();
-  asio::post(ex_, [h = std::move(h), value]() mutable { std::move(h)(value); });
+  asio::post(ex_, [h = std::move(h), ec, value]() mutable {
+    asio::get_associated_cancellation_slot(h).clear();
+    std::move(h)(ec, value);
+  });
   return true;
 }
 
