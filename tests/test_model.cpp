@@ -5,7 +5,7 @@
 // runs, and which children are in the status once it is ready. The real
 // manager must agree.
 //
-// PM_MODEL_SEEDS=N runs N seeds (default 200; `make stress` runs 10,000);
+// PM_MODEL_SEEDS=N runs N seeds (default 500; CI's stress stage runs 1,000 and `make stress` 10,000);
 // PM_MODEL_SEED=S replays seed S alone. A failure prints its seed and spec.
 #include <processmanager/processmanager.hpp>
 
@@ -284,7 +284,7 @@ TEST(model, the_manager_agrees_with_the_reference_model_on_random_trees) {
     check(std::strtoull(one, nullptr, 10));
     return;
   }
-  std::uint64_t seeds = 200;
+  std::uint64_t seeds = 500;
   if (const char* n = std::getenv("PM_MODEL_SEEDS")) seeds = std::strtoull(n, nullptr, 10);
   for (std::uint64_t seed = 1; seed <= seeds; ++seed) {
     check(seed);
