@@ -347,6 +347,49 @@ TEST(core_lock, a_process_name_that_asks_its_manager_for_status_does_not_deadloc
   EXPECT_EQ(pe->process_name(), "m/curious");
 }
 
+/// A handle that passes each message on and then throws, as control() is
+/// specified never to.
+class ThrowingHandle final : public pm::ProcessControlHandler {
+ public:
+  explicit ThrowingHandle(std::shared_ptr<pm::ProcessControlHandler> inner) : inner_(std::move(inner)) {}
+  void control(pm::RuntimeControlMessage msg) override {
+    inner_->control(std::move(msg));
+    throw std::runtime_error("control() threw");
+  }
+  bool watch_readiness(std::function<void(bool)> fn) override { return inner_->watch_readiness(std::move(fn)); }
+
+ private:
+  std::shared_ptr<pm::ProcessControlHandler> inner_;
+};
+
+class Throwing : public pm::Runnable {
+ public:
+  explicit Throwing(std::shared_ptr<Journal> j)
+      : inner_("throwing", std::move(j)), handle_(std::make_shared<ThrowingHandle>(inner_.process_handle())) {}
+  asio::awaitable<void> process_start() override { return inner_.process_start(); }
+  std::string process_name() const override { return "throwing"; }
+  std::shared_ptr<pm::ProcessControlHandler> process_handle() override { return handle_; }
+
+ private:
+  Probe inner_;
+  std::shared_ptr<ThrowingHandle> handle_;
+};
+
+TEST(core_lock, a_handle_whose_control_throws_still_has_its_child_started_and_stopped) {
+  auto j = std::make_shared<Journal>();
+  auto throwing = std::make_shared<Throwing>(j);
+  auto m = ProcessManagerBuilder().name("m").pre_insert(throwing).build();
+  // Kept for the run, and handed to the child as it starts: the throw
+  // there must not leave it on the books unstarted.
+  m->process_handle()->request_reload();
+  Running run(m);
+  ASSERT_TRUE(j->wait_for("start throwing"));
+  ASSERT_TRUE(run.wait_ready());
+  run.stop();
+  EXPECT_EQ(run.finish(), nullptr);
+  EXPECT_EQ(j->count("stop throwing"), 1u);
+}
+
 // ------------------------------------------------------------ 7. cycles
 
 TEST(core_cycles, a_manager_cannot_be_inserted_into_itself_its_subtree_or_two_trees) {

@@ -399,6 +399,8 @@ class ManagerRun;
 void notify_ready(ReadyNotice& who);
 /// core.flush(), or after the readiness changes under way on this thread.
 void flush_after(ManagerCore& core);
+/// control(msg) on one handle, whatever it throws.
+void tell_one(ProcessControlHandler& handle, const RuntimeControlMessage& msg) noexcept;
 /// control(msg) on each handle; a handle that throws keeps it from none.
 void tell_all(const std::vector<std::shared_ptr<ProcessControlHandler>>& handles, const RuntimeControlMessage& msg);
 /// A concurrent stop's messages are all handed out: its grace starts now.

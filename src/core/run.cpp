@@ -42,15 +42,17 @@ std::unique_ptr<asio::any_io_executor> strand_of(const asio::any_io_executor& ba
 
 }  // namespace
 
-void tell_all(const std::vector<std::shared_ptr<ProcessControlHandler>>& handles, const RuntimeControlMessage& msg) {
-  for (const auto& h : handles) {
-    try {
-      h->control(msg);
-    } catch (...) {
-      // control() is specified not to throw; a user handle that does must
-      // not keep the message from the others.
-    }
+void tell_one(ProcessControlHandler& handle, const RuntimeControlMessage& msg) noexcept {
+  try {
+    handle.control(msg);
+  } catch (...) {
+    // control() is specified not to throw; a user handle that does must
+    // not keep the message from the others, nor a child from starting.
   }
+}
+
+void tell_all(const std::vector<std::shared_ptr<ProcessControlHandler>>& handles, const RuntimeControlMessage& msg) {
+  for (const auto& h : handles) tell_one(*h, msg);
 }
 
 /// A concurrent stop's messages are all handed out: its grace starts now.
@@ -384,12 +386,15 @@ std::shared_ptr<ChildNode> start_child(const std::shared_ptr<ManagerRun>& run, s
   core.flush();
   // Kept in the child's inbox and delivered to its first tick. A shutdown
   // among them is the one this child gets: it must not get a second.
+  // The child is on the books now: a user handle whose control() throws
+  // (it is specified not to) must not keep it from being started, or the
+  // manager would wait for a child that never runs.
   bool told_to_stop = false;
   for (const auto& msg : initial) {
     told_to_stop = told_to_stop || msg.is_shutdown();
-    handle->control(msg);
+    tell_one(*handle, msg);
   }
-  if (stop_now && !told_to_stop) handle->request_shutdown();
+  if (stop_now && !told_to_stop) tell_one(*handle, RuntimeControlMessage::shutdown());
 
   asio::awaitable<void> body;
   try {
@@ -427,7 +432,7 @@ void restart_child(const std::shared_ptr<ManagerRun>& run, const std::shared_ptr
     child_ended(node, error);
     return;
   }
-  if (stop_now) node->handle->request_shutdown();
+  if (stop_now) tell_one(*node->handle, RuntimeControlMessage::shutdown());
   spawn(node, std::move(body), true);
 }
 
