@@ -181,7 +181,7 @@ asio::awaitable<void> ManagerCore::reload() {
     // waiter, and this frame may then resume and end on another thread
     // while this loop still runs.
     auto handles = std::move(awaited);
-    const auto where = ex;
+    const auto where = ex;  // NOLINT(performance-unnecessary-copy-initialization): outlives the frame
     auto join = std::make_shared<Join>();
     join->left = handles.size();
     join->waiter = Waiter::make(std::move(handler), true);
