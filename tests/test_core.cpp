@@ -313,6 +313,27 @@ TEST(core_teardown, a_child_waiting_for_its_restart_is_freed_with_the_io_context
   EXPECT_TRUE(watch.expired()) << "the parked child and its run kept each other alive";
 }
 
+TEST(core_teardown, a_manager_whose_io_context_is_destroyed_mid_run_no_longer_says_it_is_ready) {
+  auto j = std::make_shared<Journal>();
+  auto probe = std::make_shared<Probe>("probe", j);
+  auto m = ProcessManagerBuilder().name("m").pre_insert(probe).build();
+  {
+    asio::io_context io;
+    asio::co_spawn(io, m->process_start(), asio::detached);
+    while (!m->is_ready()) io.run_one();
+  }  // destroyed mid-run, ready
+  EXPECT_FALSE(m->is_ready());
+  EXPECT_EQ(m->status().state, ChildState::stopped);
+  // And it can run again, on another io_context.
+  asio::io_context again;
+  auto done = asio::co_spawn(again, m->process_start(), asio::use_future);
+  while (!m->is_ready()) again.run_one();
+  m->process_handle()->request_shutdown();
+  again.run();
+  EXPECT_NO_THROW(done.get());
+  EXPECT_EQ(probe->runs.load(), 2);
+}
+
 // ----------------------------------------------- 6. user code and the lock
 
 class Curious : public pm::Runnable {

@@ -549,10 +549,21 @@ asio::awaitable<void> run_manager(std::shared_ptr<ManagerCore> core) {
   struct Detach {
     ManagerRun& run;
     ~Detach() {
-      std::lock_guard lock(run.core->mu);
+      ManagerCore& c = *run.core;
+      std::lock_guard lock(c.mu);
       run.timer = nullptr;
       run.accepting = false;
       run.awaiting = nullptr;
+      // Torn down unfinished (its io_context destroyed): the manager no
+      // longer runs, and must not go on saying it is ready. No event: no
+      // one may be left to deliver it to.
+      if (c.current.lock().get() == &run) {
+        c.current.reset();
+        c.ready = false;
+        c.finished = true;
+        c.self_state = ChildState::stopped;
+        c.self_since = now_us();
+      }
     }
   } detach{*run};
 
