@@ -268,4 +268,36 @@ inline std::optional<ProcessError> process_error(const std::exception_ptr& e) {
   return std::nullopt;
 }
 
+/// RestartOptions whose restarts happen at once (no backoff).
+inline RestartOptions no_backoff(RestartPolicy policy = RestartPolicy::transient) {
+  RestartOptions o;
+  o.policy = policy;
+  o.backoff = {
+      .initial = std::chrono::nanoseconds(0), .factor = 1.0, .max = std::chrono::nanoseconds(0), .jitter = false};
+  return o;
+}
+
+/// What the lifecycle tests name unqualified: `using namespace pm::test::lifecycle;`.
+namespace lifecycle {
+using namespace std::chrono_literals;
+namespace asio = pm::asio;
+using pm::ChildOptions;
+using pm::ChildState;
+using pm::EventKind;
+using pm::ProcessManagerBuilder;
+using pm::RestartOptions;
+using pm::RestartPolicy;
+using pm::StartOrder;
+using pm::Strategy;
+using pm::test::Beating;
+using pm::test::Behaviour;
+using pm::test::EventRecorder;
+using pm::test::Journal;
+using pm::test::no_backoff;
+using pm::test::Probe;
+using pm::test::process_error;
+using pm::test::Running;
+using pm::test::send;
+}  // namespace lifecycle
+
 }  // namespace pm::test

@@ -11,32 +11,9 @@
 
 namespace {
 
-using namespace std::chrono_literals;
-namespace asio = pm::asio;
-using pm::ChildOptions;
-using pm::ChildState;
-using pm::EventKind;
-using pm::ProcessManagerBuilder;
-using pm::RestartOptions;
-using pm::RestartPolicy;
-using pm::StartOrder;
-using pm::Strategy;
-using pm::test::Behaviour;
-using pm::test::EventRecorder;
-using pm::test::Journal;
-using pm::test::Probe;
-using pm::test::process_error;
-using pm::test::Running;
-using pm::test::send;
+using namespace pm::test::lifecycle;
 
 constexpr auto forever = std::chrono::nanoseconds::max();
-
-RestartOptions no_backoff(RestartPolicy policy = RestartPolicy::transient) {
-  RestartOptions o;
-  o.policy = policy;
-  o.backoff = {.initial = 0ns, .factor = 1.0, .max = 0ns, .jitter = false};
-  return o;
-}
 
 /// The status of the child at `path`, searched depth first.
 const pm::ChildStatus* find(const pm::ChildStatus& s, const std::string& path) {

@@ -12,18 +12,7 @@
 
 namespace {
 
-using namespace std::chrono_literals;
-namespace asio = pm::asio;
-using pm::ChildOptions;
-using pm::ChildState;
-using pm::EventKind;
-using pm::ProcessManagerBuilder;
-using pm::test::Behaviour;
-using pm::test::EventRecorder;
-using pm::test::Journal;
-using pm::test::Probe;
-using pm::test::Running;
-using pm::test::send;
+using namespace pm::test::lifecycle;
 
 // ---------------------------------------------- 9. a foreign io_context
 

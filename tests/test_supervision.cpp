@@ -11,31 +11,7 @@
 
 namespace {
 
-using namespace std::chrono_literals;
-namespace asio = pm::asio;
-using pm::ChildOptions;
-using pm::ChildState;
-using pm::EventKind;
-using pm::ProcessManagerBuilder;
-using pm::RestartOptions;
-using pm::RestartPolicy;
-using pm::StartOrder;
-using pm::Strategy;
-using pm::test::Beating;
-using pm::test::Behaviour;
-using pm::test::EventRecorder;
-using pm::test::Journal;
-using pm::test::Probe;
-using pm::test::process_error;
-using pm::test::Running;
-using pm::test::send;
-
-RestartOptions no_backoff(RestartPolicy policy = RestartPolicy::transient) {
-  RestartOptions o;
-  o.policy = policy;
-  o.backoff = {.initial = 0ns, .factor = 1.0, .max = 0ns, .jitter = false};
-  return o;
-}
+using namespace pm::test::lifecycle;
 
 // ---------------------------------------------------------------- options
 
