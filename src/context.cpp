@@ -101,15 +101,22 @@ void RuntimeContext::defer_readiness() {
 
 namespace {
 
-class LambdaRunnable final : public Runnable {
+class LambdaRunnable final : public Runnable, public std::enable_shared_from_this<LambdaRunnable> {
  public:
   LambdaRunnable(std::string name, RuntimeContext::Body body) : ctx_(std::move(name), std::move(body)) {}
 
-  asio::awaitable<void> process_start() override { return ctx_.run(); }
+  // The run holds the runnable, taken as an argument so that the frame owns
+  // it from the call on (a local would be taken only once the coroutine
+  // starts): a runnable dropped right after process_start(), as in
+  // co_spawn(io, make_runnable(...)->process_start(), ...), lives on with
+  // the callable and its captures until the run ends.
+  asio::awaitable<void> process_start() override { return run_owned(shared_from_this()); }
   std::string process_name() const override { return ctx_.name(); }
   std::shared_ptr<ProcessControlHandler> process_handle() override { return ctx_.handle(); }
 
  private:
+  static asio::awaitable<void> run_owned(std::shared_ptr<LambdaRunnable> self) { co_await self->ctx_.run(); }
+
   RuntimeContext ctx_;
 };
 

@@ -72,8 +72,10 @@ class RuntimeContext {
 };
 
 /// A Runnable named `name` that runs `body`. The callable is stored in the
-/// runnable, so its captures outlive every run (lambda coroutine captures
-/// are safe here). Throws std::invalid_argument for an empty body.
+/// runnable, and each run (the awaitable process_start() returns) keeps the
+/// runnable alive until it ends, so a lambda coroutine may capture by value
+/// whatever it reads across suspensions, even when the runnable itself is
+/// a temporary. Throws std::invalid_argument for an empty body.
 std::shared_ptr<Runnable> make_runnable(std::string name, std::function<asio::awaitable<void>(RuntimeContext&)> body);
 
 }  // namespace pm
