@@ -415,6 +415,15 @@ struct RestartSupervisor::State final : ProcessControlHandler,
     }
     if (target) target->on_unready();
   }
+  // Our supervisor's rule is the child's: we relay its readiness as it is.
+  bool needs_declared_ready() const override {
+    std::shared_ptr<detail::ReadinessTarget> target;
+    {
+      std::lock_guard lock(mu);
+      target = watcher.lock();
+    }
+    return target && target->needs_declared_ready();
+  }
 
   /// Wires the child's handle for this run: its readiness comes to us.
   /// Returns false when the handle cannot report readiness (then running

@@ -113,6 +113,37 @@ void collect_stale(const ChildStatus& s, std::vector<std::string>& out) {
 }
 }  // namespace
 
+const ChildStatus* ChildStatus::find(std::string_view relative_path) const {
+  const ChildStatus* at = this;
+  std::string_view rest = relative_path;
+  // One level per turn of the loop, never a call per level: a 20,000-deep
+  // tree is searched in constant stack. Only names are compared, not whole
+  // paths, which would make a deep search quadratic in the depth.
+  while (!rest.empty()) {
+    const std::size_t skip = at->path.empty() ? 0 : at->path.size() + 1;
+    const ChildStatus* below = nullptr;
+    std::size_t below_name = 0;
+    const ChildStatus* exact = nullptr;
+    for (const ChildStatus& c : at->children) {
+      if (c.path.size() <= skip || (skip != 0 && c.path[skip - 1] != '/')) continue;
+      const std::string_view name = std::string_view(c.path).substr(skip);
+      if (name == rest) {
+        exact = &c;
+        break;
+      }
+      if (below == nullptr && rest.size() > name.size() && rest[name.size()] == '/' && rest.starts_with(name)) {
+        below = &c;
+        below_name = name.size();
+      }
+    }
+    if (exact != nullptr) return exact;
+    if (below == nullptr) return nullptr;
+    at = below;
+    rest.remove_prefix(below_name + 1);
+  }
+  return at;
+}
+
 std::vector<std::string> stale_paths(const ChildStatus& status) {
   std::vector<std::string> out;
   collect_stale(status, out);

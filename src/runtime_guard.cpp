@@ -150,6 +150,10 @@ class FunctionWatcher final : public ReadinessTarget {
  public:
   explicit FunctionWatcher(std::function<void(bool)> f) : f_(std::move(f)) {}
   void on_ready(bool declared) override { f_(declared); }
+  // A function cannot say whether it counts only a declared ready(): it
+  // may (a manager's explicit_ready behind a wrapping handle), so a
+  // ready() call is let through rather than refused.
+  bool needs_declared_ready() const override { return true; }
 
  private:
   std::function<void(bool)> f_;
@@ -181,6 +185,16 @@ void GuardState::notify_ready(bool declared) {
 }
 
 void GuardState::declare_ready() { notify_ready(true); }
+
+bool GuardState::watcher_needs_declared_ready() const {
+  std::shared_ptr<ReadinessTarget> target;
+  {
+    std::lock_guard lock(mu_);
+    target = watcher_.lock();
+  }
+  // Outside the lock: a supervisor's answer may take its own lock.
+  return target && target->needs_declared_ready();
+}
 
 void GuardState::defer_readiness() {
   std::lock_guard lock(mu_);

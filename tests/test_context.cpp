@@ -2,6 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <string>
+
 #include "support.hpp"
 
 namespace {
@@ -35,6 +38,49 @@ TEST(context, a_lambda_service_ticks_and_its_captures_outlive_every_run) {
   EXPECT_EQ((*seen)[0], "got:reload");
   EXPECT_EQ((*seen)[1], "got:shutdown");
   EXPECT_EQ((*seen)[2], "got:shutdown");
+}
+
+TEST(context, a_runnable_dropped_right_after_process_start_keeps_its_captures_for_the_whole_run) {
+  // The classic crash: the runnable (and so the callable) is a temporary,
+  // gone before the run starts. Its captures must live until the run ends.
+  auto released = std::make_shared<std::atomic<bool>>(false);
+  struct Seen {
+    bool released_during_run = true;
+    std::string words;
+    int value = 0;
+  } seen;
+  std::exception_ptr error;
+  bool finished = false;
+  asio::io_context io;
+  {
+    auto payload = std::shared_ptr<int>(new int(42), [released](int* p) {
+      released->store(true);
+      delete p;
+    });
+    // Longer than any small-string buffer: the text lives on the heap,
+    // where ASan sees a read after it is freed.
+    std::string words = std::string("captured by value ").append(64, 'x');
+    auto body = [payload, words, released, &seen](RuntimeContext& ctx) -> asio::awaitable<void> {
+      auto ex = co_await asio::this_coro::executor;
+      for (int i = 0; i < 5; ++i) co_await asio::post(ex, asio::use_awaitable);
+      seen.released_during_run = released->load();
+      seen.words = words;
+      seen.value = *payload;
+      (void)ctx.name();
+    };
+    asio::co_spawn(io, pm::make_runnable("temporary", std::move(body))->process_start(), [&](std::exception_ptr e) {
+      error = e;
+      finished = true;
+    });
+  }  // the runnable, and the test's own copies of the captures, are gone
+  EXPECT_FALSE(released->load()) << "the callable died with the temporary runnable";
+  pm::test::run_io(io);
+  ASSERT_TRUE(finished);
+  EXPECT_EQ(error, nullptr);
+  EXPECT_FALSE(seen.released_during_run);
+  EXPECT_EQ(seen.words, std::string("captured by value ").append(64, 'x'));
+  EXPECT_EQ(seen.value, 42);
+  EXPECT_TRUE(released->load()) << "the run let the runnable go when it ended";
 }
 
 TEST(context, next_control_waits_for_control_only) {

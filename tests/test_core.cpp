@@ -15,15 +15,6 @@ using namespace pm::test::lifecycle;
 
 constexpr auto forever = std::chrono::nanoseconds::max();
 
-/// The status of the child at `path`, searched depth first.
-const pm::ChildStatus* find(const pm::ChildStatus& s, const std::string& path) {
-  if (s.path == path) return &s;
-  for (const auto& c : s.children) {
-    if (const auto* f = find(c, path)) return f;
-  }
-  return nullptr;
-}
-
 bool saw_state(const EventRecorder& rec, const std::string& path, ChildState state) {
   for (const auto& e : rec.events()) {
     if (e.kind == EventKind::state && e.path == path && e.state == state) return true;
@@ -45,7 +36,7 @@ TEST(core_restart, a_nested_stop_all_managers_leaf_restarted_by_an_outer_one_for
   ASSERT_TRUE(j->wait_for("start leaf", 2));
   ASSERT_TRUE(run.wait_ready());
   const auto st = outer->status();
-  const auto* l = find(st, "outer/inner/leaf");
+  const auto* l = st.find("inner/leaf");
   ASSERT_NE(l, nullptr) << "the restarted leaf vanished from the tree";
   EXPECT_EQ(l->state, ChildState::ready);
   EXPECT_EQ(j->count("stop leaf"), 0u) << "the second run read the stop meant for the first";
@@ -113,7 +104,7 @@ TEST(core_restart, one_for_all_restarts_a_sibling_that_failed_instead_of_stoppin
   ASSERT_TRUE(j->wait_for("start late", 2));
   ASSERT_TRUE(run.wait_ready());
   const auto st = m->status();
-  const auto* l = find(st, "m/late");
+  const auto* l = st.find("late");
   ASSERT_NE(l, nullptr);
   EXPECT_EQ(l->state, ChildState::ready);
   EXPECT_EQ(j->count("stop late"), 0u) << "the restarted run read the group stop of the run before";
@@ -218,8 +209,8 @@ TEST(core_status, a_nested_manager_with_restart_options_under_stop_all_stays_in_
   Running run(root);
   ASSERT_TRUE(run.wait_ready());
   const auto st = root->status();
-  ASSERT_NE(find(st, "root/inner/leaf"), nullptr);
-  EXPECT_EQ(find(st, "root/inner")->state, ChildState::ready);
+  ASSERT_NE(st.find("inner/leaf"), nullptr);
+  EXPECT_EQ(st.find("inner")->state, ChildState::ready);
   run.stop();
   EXPECT_EQ(run.finish(), nullptr);
 }
@@ -236,7 +227,7 @@ TEST(core_status, a_restart_supervisor_relays_readiness_and_shows_its_nested_man
   send(leaf, 1);
   ASSERT_TRUE(run.wait_ready());
   const auto st = root->status();
-  EXPECT_NE(find(st, "root/inner/leaf"), nullptr);
+  EXPECT_NE(st.find("inner/leaf"), nullptr);
   run.stop();
   EXPECT_EQ(run.finish(), nullptr);
 }
@@ -452,17 +443,13 @@ TEST(core_depth, status_of_a_deep_tree_names_the_leaf_by_its_full_path) {
   Running run(top, 1);
   ASSERT_TRUE(run.wait_ready());
   const auto st = top->status();
-  const pm::ChildStatus* s = &st;
-  int levels = 0;
-  while (!s->children.empty()) {
-    s = &s->children.front();
-    ++levels;
-  }
-  EXPECT_EQ(levels, depth);
-  std::string expected;
-  for (int i = 0; i < depth; ++i) expected += "m/";
-  expected += "leaf";
-  EXPECT_EQ(s->path, expected);
+  std::string relative;
+  for (int i = 1; i < depth; ++i) relative += "m/";
+  relative += "leaf";
+  const pm::ChildStatus* s = st.find(relative);
+  ASSERT_NE(s, nullptr);
+  EXPECT_TRUE(s->children.empty());
+  EXPECT_EQ(s->path, "m/" + relative);
   run.stop();
   EXPECT_EQ(run.finish(), nullptr);
 }
@@ -492,8 +479,8 @@ TEST(core_extremes, a_grace_period_of_max_never_cancels_a_child_on_its_own) {
     return e.kind == EventKind::state && e.path == "m/quick" && e.state == ChildState::stopped;
   }));
   const auto st = m->status();
-  ASSERT_NE(find(st, "m/patient"), nullptr);
-  EXPECT_EQ(find(st, "m/patient")->state, ChildState::stopping);
+  ASSERT_NE(st.find("patient"), nullptr);
+  EXPECT_EQ(st.find("patient")->state, ChildState::stopping);
   send(patient, 3);  // ends it
   EXPECT_EQ(run.finish(), nullptr);
   EXPECT_FALSE(saw_state(rec, "m/patient", ChildState::abandoned));

@@ -249,10 +249,7 @@ void check(std::uint64_t seed) {
     const int runs = probes[i]->runs.load();
     EXPECT_GE(runs, want.min_runs[i]) << path(i);
     EXPECT_LE(runs, want.max_runs[i]) << path(i);
-    const pm::ChildStatus* found = nullptr;
-    for (const auto& c : st.children) {
-      if (c.path == path(i)) found = &c;
-    }
+    const pm::ChildStatus* found = st.find(child_name(i));
     if (want.either[i]) {
       if (found != nullptr) {
         EXPECT_EQ(found->state, ChildState::ready) << path(i);

@@ -11,7 +11,8 @@ namespace pm {
 
 namespace detail {
 [[noreturn]] void throw_no_ticker(const std::string& service);
-}
+struct LambdaReadiness;
+}  // namespace detail
 
 /// What a lambda service gets instead of a guard of its own: the same tick
 /// and next_control as a RuntimeTicker, valid while the service runs.
@@ -34,9 +35,20 @@ class RuntimeContext {
   asio::awaitable<RuntimeControlMessage> next_control() { return ticker().next_control(); }
   /// The service's handle.
   std::shared_ptr<ProcessControlHandler> handle() const noexcept { return guard_.handle(); }
-  /// Tells the supervisor the service is ready. Without ChildOptions'
-  /// explicit_ready a lambda service is ready once its body starts.
-  void ready() { guard_.ready(); }
+  /// Tells the supervisor the service is ready. Unless the body holds its
+  /// readiness back (defer_readiness(), or ChildOptions::explicit_ready), a
+  /// lambda service is ready once its body first suspends, and a ready()
+  /// call before that makes it ready then. A call that cannot take effect,
+  /// because the service already counts as ready without it, throws
+  /// std::logic_error naming the service; so does a call while the service
+  /// is not running. Call it from the body.
+  void ready();
+  /// Like RuntimeGuard::defer_readiness(): only ready() makes the service
+  /// ready, not its body starting. Call it before the body's first co_await
+  /// that suspends; later, or while the service is not running, it throws
+  /// std::logic_error naming the service. Holds for the current run; call
+  /// it from the body.
+  void defer_readiness();
   /// RuntimeGuard::heartbeat(): the service is alive and making progress.
   void heartbeat() noexcept { guard_.heartbeat(); }
   /// The service's name.
@@ -56,11 +68,14 @@ class RuntimeContext {
   Body body_;
   RuntimeGuard guard_;
   RuntimeTicker* ticker_ = nullptr;
+  std::shared_ptr<detail::LambdaReadiness> readiness_;  // the current run's, null between runs
 };
 
 /// A Runnable named `name` that runs `body`. The callable is stored in the
-/// runnable, so its captures outlive every run (lambda coroutine captures
-/// are safe here). Throws std::invalid_argument for an empty body.
+/// runnable, and each run (the awaitable process_start() returns) keeps the
+/// runnable alive until it ends, so a lambda coroutine may capture by value
+/// whatever it reads across suspensions, even when the runnable itself is
+/// a temporary. Throws std::invalid_argument for an empty body.
 std::shared_ptr<Runnable> make_runnable(std::string name, std::function<asio::awaitable<void>(RuntimeContext&)> body);
 
 }  // namespace pm

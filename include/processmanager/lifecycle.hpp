@@ -98,6 +98,14 @@ struct ChildStatus {
   bool stale = false;                             ///< its heartbeat is older than its heartbeat_timeout
   std::vector<ChildStatus> children{};            ///< a nested manager's children, in start order
 
+  /// The status of the descendant at `relative_path` below this one
+  /// ("db/writer" from the root's status finds "root/db/writer"), or nullptr
+  /// when there is none; "" is this status itself. Each step matches a
+  /// child's name, the part of its path after this path and a '/' (as
+  /// status() builds them). A name that itself holds '/' is matched whole
+  /// first. Iterative: a tree thousands of levels deep costs no stack.
+  const ChildStatus* find(std::string_view relative_path) const;
+
   /// Field by field, children included (a JSON round trip compares equal).
   friend bool operator==(const ChildStatus&, const ChildStatus&) = default;
 };

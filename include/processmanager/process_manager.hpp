@@ -156,6 +156,23 @@ class ProcessManager : public Runnable {
   asio::awaitable<bool> wait_ready(std::chrono::nanoseconds timeout);
   /// True while the manager runs, is not stopping, and every child is ready.
   bool is_ready() const;
+
+  /// wait_ready(timeout) for main() and tests: blocks the calling thread
+  /// until it completes. Call it from a thread that does not run the
+  /// manager's executor; from one that does (a child, a coroutine or a
+  /// handler on the manager's io_context) it throws std::logic_error naming
+  /// the manager, since blocking there could stall what it waits for.
+  /// Before the manager's first run its executor is unknown and cannot be
+  /// checked. What the wait throws is rethrown as it is.
+  bool wait_ready_blocking(std::chrono::nanoseconds timeout);
+  /// process_handle()->shutdown() for main() and tests: asks the manager to
+  /// stop and blocks until its whole subtree has stopped (at once when it
+  /// does not run). Same thread rule and errors as wait_ready_blocking().
+  void shutdown_blocking();
+  /// process_handle()->reload() for main() and tests: blocks until every
+  /// service of the subtree has the reload. Same thread rule and errors as
+  /// wait_ready_blocking().
+  void reload_blocking();
   /// A snapshot of the manager and its subtree (nested managers included).
   ChildStatus status() const;
 
@@ -206,6 +223,9 @@ class ProcessManager : public Runnable {
   friend class ProcessManagerBuilder;
   explicit ProcessManager(std::shared_ptr<detail::ManagerCore> core);
   void add_with(std::shared_ptr<Runnable> child, std::shared_ptr<const ChildOptions> options);
+  /// Throws std::logic_error when this thread runs the executor of the
+  /// manager's current run (`call` names the blocking call).
+  void refuse_on_own_executor(const char* call) const;
   /// Refuses (std::logic_error, naming both) a child manager that is this
   /// one, one of its ancestors, or already in another tree; else records
   /// this manager as its owner.

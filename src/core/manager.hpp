@@ -62,6 +62,8 @@ struct ChildNode final : ReadinessTarget, std::enable_shared_from_this<ChildNode
   void on_ready(bool declared) override;
   void on_unready() override;
   void on_running() override;
+  /// `options` is set once, before the node is shared: read without a lock.
+  bool needs_declared_ready() const override { return options && options->explicit_ready; }
   /// Where its coroutine runs: its strand, or the manager's base executor
   /// when that runs on one thread.
   const asio::any_io_executor& executor() const { return strand ? *strand : base; }

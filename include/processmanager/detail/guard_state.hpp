@@ -62,6 +62,10 @@ class ReadinessTarget {
   virtual void on_unready() {}
   /// It runs (has its ticker) but holds its readiness back until it says so.
   virtual void on_running() {}
+  /// True when only a declared ready() counts, not having a ticker
+  /// (ChildOptions::explicit_ready): lets a service tell a ready() call that
+  /// takes effect from one that cannot.
+  virtual bool needs_declared_ready() const { return false; }
 
  protected:
   ~ReadinessTarget() = default;
@@ -135,6 +139,12 @@ class GuardState final : public ProcessControlHandler,
   void declare_ready();
   /// The ticker alone no longer makes the service ready.
   void defer_readiness();
+  /// Reports the readiness that comes without a ready() call (a lambda
+  /// service's body has started): counted unless the watcher needs a
+  /// declared one.
+  void report_implicit_ready() { notify_ready(false); }
+  /// Whether the current watcher counts only a declared ready().
+  bool watcher_needs_declared_ready() const;
   /// The service says it is alive: one relaxed store, any thread.
   void beat() noexcept { heartbeat_.beat(); }
   std::optional<std::chrono::steady_clock::time_point> last_heartbeat() const override { return heartbeat_.last(); }
