@@ -185,17 +185,25 @@ asio::awaitable<void> ManagerCore::reload() {
     auto join = std::make_shared<Join>();
     join->left = handles.size();
     join->waiter = Waiter::make(std::move(handler), true);
+    // A handle's reload() that throws (from its coroutine, or before it
+    // has one) has still ended its part.
+    auto ended = [join] {
+      std::shared_ptr<Waiter> last;
+      {
+        std::lock_guard lock(join->mu);
+        if (--join->left == 0) last = join->waiter;
+      }
+      if (last) last->complete(true);
+    };
     for (auto& h : handles) {
-      auto one = h->reload();
-      asio::co_spawn(where, std::move(one), [join](const std::exception_ptr&) {
-        // A handle's reload() that throws has still ended its part.
-        std::shared_ptr<Waiter> last;
-        {
-          std::lock_guard lock(join->mu);
-          if (--join->left == 0) last = join->waiter;
-        }
-        if (last) last->complete(true);
-      });
+      asio::awaitable<void> one;
+      try {
+        one = h->reload();
+      } catch (...) {
+        ended();
+        continue;
+      }
+      asio::co_spawn(where, std::move(one), [ended](const std::exception_ptr&) { ended(); });
     }
   };
   co_await asio::async_initiate<const asio::use_awaitable_t<>&, void(boost::system::error_code, bool)>(
@@ -207,19 +215,43 @@ asio::awaitable<void> ManagerCore::shutdown() {
   control(RuntimeControlMessage::shutdown());
   // Named, not a temporary of the co_await expression: GCC 12 destroys such
   // temporaries twice when they span the suspension (STYLE.md).
-  auto wait_stopped = [self](auto handler) {
+  // Where the waiter was listed: a wait that ends early (cancelled) takes
+  // itself off, so a loop of cancelled waits during a long stop does not
+  // grow the list. Set under the lock, before the waiter can complete.
+  std::shared_ptr<Waiter> listed;
+  std::weak_ptr<ManagerRun> listed_in;
+  auto wait_stopped = [self, &listed, &listed_in](auto handler) {
     auto w = Waiter::make(std::move(handler), true);
     std::shared_ptr<ManagerRun> run;  // released after the lock
     {
       std::lock_guard lock(self->mu);
       run = self->current.lock();
       if (run && run->accepting) {
+        listed = w;
+        listed_in = run;
         run->stopped_waiters.push_back(std::move(w));
         return;
       }
     }
     w->complete(true);
   };
+  struct Unlist {
+    ManagerCore& core;
+    const std::shared_ptr<Waiter>& w;
+    const std::weak_ptr<ManagerRun>& in;
+    Unlist(ManagerCore& c, const std::shared_ptr<Waiter>& waiter, const std::weak_ptr<ManagerRun>& run)
+        : core(c), w(waiter), in(run) {}
+    Unlist(const Unlist&) = delete;
+    Unlist& operator=(const Unlist&) = delete;
+    ~Unlist() {
+      if (!w) return;
+      std::shared_ptr<ManagerRun> run = in.lock();  // released after the lock
+      if (!run) return;
+      std::lock_guard lock(core.mu);
+      auto& list = run->stopped_waiters;
+      list.erase(std::remove(list.begin(), list.end(), w), list.end());
+    }
+  } unlist(*self, listed, listed_in);
   co_await asio::async_initiate<const asio::use_awaitable_t<>&, void(boost::system::error_code, bool)>(
       std::move(wait_stopped), asio::use_awaitable);
 }

@@ -185,22 +185,21 @@ void child_ended(const std::shared_ptr<ChildNode>& node, const std::exception_pt
   Actions act;
   ChildEnd end;
   end.error = e;
-  if (e) {
-    bool forced = false;
-    bool collateral = false;
-    {
-      std::lock_guard lock(core.mu);
-      forced = node->forced;
-      collateral = run.stopping;
-    }
-    // Cancelled after its grace: a coroutine ends with operation_aborted, a
-    // blocking service's run with AbandonedError. Neither is a failure of
-    // its own; both are children that did not stop in time.
-    if (forced && (is_operation_aborted(e) || is_abandonment(e))) {
-      end.timed_out = true;
-    } else {
-      end.failures = failures_of(core.name, node->name, e, collateral, &end.nested_not_stopped);
-    }
+  bool forced = false;
+  bool collateral = false;
+  {
+    std::lock_guard lock(core.mu);
+    forced = node->forced;
+    collateral = run.stopping;
+  }
+  // Cancelled after its grace: a coroutine ends with operation_aborted (or
+  // catches it and returns), a blocking service's run with AbandonedError.
+  // None is a failure of its own; all are children that did not stop in
+  // time.
+  if (forced && (!e || is_operation_aborted(e) || is_abandonment(e))) {
+    end.timed_out = true;
+  } else if (e) {
+    end.failures = failures_of(core.name, node->name, e, collateral, &end.nested_not_stopped);
   }
   ReadyNotice readiness;
   {
@@ -550,20 +549,29 @@ asio::awaitable<void> run_manager(std::shared_ptr<ManagerCore> core) {
     ManagerRun& run;
     ~Detach() {
       ManagerCore& c = *run.core;
-      std::lock_guard lock(c.mu);
+      std::unique_lock lock(c.mu);
       run.timer = nullptr;
       run.accepting = false;
       run.awaiting = nullptr;
       // Torn down unfinished (its io_context destroyed): the manager no
       // longer runs, and must not go on saying it is ready. No event: no
       // one may be left to deliver it to.
-      if (c.current.lock().get() == &run) {
-        c.current.reset();
-        c.ready = false;
-        c.finished = true;
-        c.self_state = ChildState::stopped;
-        c.self_since = now_us();
-      }
+      if (c.current.lock().get() != &run) return;
+      c.current.reset();
+      c.ready = false;
+      c.finished = true;
+      c.self_state = ChildState::stopped;
+      c.self_since = now_us();
+      // Waiters on other io_contexts hear it: it will not become ready, and
+      // it has stopped as far as it ever will. (Those on the dying
+      // io_context were dropped by its shutdown already.)
+      auto ready_waiters = std::move(c.ready_waiters);
+      auto stopped_waiters = std::move(run.stopped_waiters);
+      c.ready_waiters.clear();
+      run.stopped_waiters.clear();
+      lock.unlock();
+      for (auto& w : ready_waiters) w->complete(false);
+      for (auto& w : stopped_waiters) w->complete(true);
     }
   } detach{*run};
 
