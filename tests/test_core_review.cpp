@@ -34,7 +34,7 @@ std::shared_ptr<pm::Runnable> self_waiter(const std::string& name, std::weak_ptr
     t.reset();
     try {
       co_await h->shutdown();
-      j->add(name + " completed");
+      j->add(std::string(name).append(" completed"));
     } catch (const boost::system::system_error& e) {
       j->add(name + (e.code() == asio::error::operation_aborted ? " aborted" : " other"));
       if (then == "swallow") co_return;
@@ -43,7 +43,7 @@ std::shared_ptr<pm::Runnable> self_waiter(const std::string& name, std::weak_ptr
     if (then == "again") {
       try {
         co_await h->shutdown();
-        j->add(name + " completed again");
+        j->add(std::string(name).append(" completed again"));
       } catch (const boost::system::system_error& e) {
         j->add(name + (e.code() == asio::error::operation_aborted ? " aborted again" : " other again"));
         throw;
@@ -116,7 +116,7 @@ TEST(core_review, DISABLED_not_stopped_of_a_nested_manager_that_ends_cleanly_rea
   const auto& ns = pe->not_stopped();
   auto has = [&](const std::string& p) { return std::find(ns.begin(), ns.end(), p) != ns.end(); };
   std::string all;
-  for (const auto& p : ns) all += p + " ";
+  for (const auto& p : ns) all.append(p).append(" ");
   EXPECT_TRUE(has("root/direct")) << all;
   // "not_stopped(): paths of children that outstayed their timeout and were
   // cancelled or abandoned" ... "Nested errors are flattened".
