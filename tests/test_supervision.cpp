@@ -335,6 +335,8 @@ TEST(strategy, a_child_waiting_for_its_restart_is_counted_but_not_running) {
                .build();
   Running run(m);
   ASSERT_TRUE(rec.wait_for([](const pm::Event& e) { return e.kind == EventKind::restart; }));
+  // crashy may fail before steady is even inserted: wait for steady's run too.
+  ASSERT_TRUE(j->wait_for("start steady", 1));
   EXPECT_EQ(m->child_count(), 2u);
   EXPECT_EQ(m->running_count(), 1u);  // crashy waits an hour for its restart
   run.stop();
