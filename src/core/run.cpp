@@ -480,6 +480,7 @@ void restart_child(const std::shared_ptr<ManagerRun>& run, const std::shared_ptr
     node->restart_pending = false;
     node->exited = false;
     node->run_started = clock::now();
+    run->books.restarted(*node);
     // Told to stop while its restart was on its way (the manager's stop, or
     // its group's): it starts, and gets that stop at once.
     stop_now = node->told;
