@@ -116,25 +116,27 @@ struct HealthState {
     }
     const auto t = tree.lock();
     if (!t) return text(http::status::service_unavailable, "the tree is gone\n", version);
+    // health(), not status(): its cost does not grow with the number of
+    // services, and probes come often.
     if (target == "/readyz") {
       if (t->is_ready()) return text(http::status::ok, "ready\n", version);
-      const ChildState st = t->status().state;
+      const ChildState st = t->health().state;
       return text(http::status::service_unavailable,
                   st == ChildState::stopping ? "stopping\n" : "not ready (" + std::string(to_string(st)) + ")\n",
                   version);
     }
-    const ChildStatus st = t->status();
     if (target == "/livez") {
-      if (st.state == ChildState::stopped || st.state == ChildState::failed) {
-        return text(http::status::service_unavailable, "not running (" + std::string(to_string(st.state)) + ")\n",
+      const HealthSummary h = t->health();
+      if (h.state == ChildState::stopped || h.state == ChildState::failed) {
+        return text(http::status::service_unavailable, "not running (" + std::string(to_string(h.state)) + ")\n",
                     version);
       }
-      const auto stale = stale_paths(st);
-      if (stale.empty()) return text(http::status::ok, "alive\n", version);
+      if (h.stale == 0) return text(http::status::ok, "alive\n", version);
       std::string body = "stale heartbeat:";
-      for (const auto& p : stale) body += " " + p;
+      for (const auto& p : h.stale_paths) body.append(" ").append(p);
       return text(http::status::service_unavailable, body + "\n", version);
     }
+    const ChildStatus st = t->status();
     Response res{http::status::ok, version};
     res.set(http::field::content_type, "application/json");
     res.set(http::field::cache_control, "no-store");

@@ -45,6 +45,8 @@ struct HealthOptions {
 /// - `GET /readyz`: 200 only while every child is ready; 503 from the
 ///   moment shutdown begins (draining) or while a child restarts;
 /// - `GET /status`: the tree's status() as JSON (status_json.hpp).
+/// `/livez` and `/readyz` read ProcessManager::health(), whose cost does not
+/// grow with the number of services.
 /// HEAD works like GET without the body. Another method gets 405 (with
 /// Allow), another path 404, a malformed request 400, an oversized one 413.
 /// If accepting fails (out of file descriptors), it retries with a growing
