@@ -1,5 +1,5 @@
 // HealthServer on big trees: what a probe costs the rest of the tree
-// (/livez and /readyz read health(), not a snapshot).
+// (/livez and /readyz read health(), /status is built in slices and shared).
 #include <processmanager/health.hpp>
 
 #include <gtest/gtest.h>
@@ -64,6 +64,106 @@ TEST(health_cost, livez_and_readyz_read_no_heartbeat_while_none_can_be_stale) {
   }
   // A snapshot would have read every heartbeat at each /livez (2,000 reads).
   EXPECT_EQ(reads.load(), 0);
+  run.stop();
+  EXPECT_EQ(run.finish(), nullptr);
+}
+
+/// Wakes every millisecond and records the longest wait between two
+/// wake-ups while `measuring`: how long the executor was held by others.
+class Sibling final : public pm::Runnable {
+ public:
+  asio::awaitable<void> process_start() override {
+    asio::steady_timer timer(co_await asio::this_coro::executor);
+    auto ticker = co_await guard_.runtime_ticker();
+    auto last = std::chrono::steady_clock::now();
+    for (;;) {
+      timer.expires_after(1ms);
+      auto op = co_await ticker.tick(timer.async_wait(asio::deferred));
+      if (op.is_control() && op.control().is_shutdown()) co_return;
+      const auto now = std::chrono::steady_clock::now();
+      if (measuring.load()) {
+        std::lock_guard lock(mu_);
+        longest_ = std::max(longest_, now - last);
+      }
+      last = now;
+    }
+  }
+  std::string process_name() const override { return "sibling"; }
+  std::shared_ptr<pm::ProcessControlHandler> process_handle() override { return guard_.handle(); }
+  std::chrono::steady_clock::duration longest() const {
+    std::lock_guard lock(mu_);
+    return longest_;
+  }
+
+  std::atomic<bool> measuring{false};
+
+ private:
+  pm::RuntimeGuard guard_{"sibling"};
+  mutable std::mutex mu_;
+  std::chrono::steady_clock::duration longest_{};
+};
+
+TEST(health_cost, status_of_a_big_tree_is_built_in_slices_that_let_a_sibling_run) {
+  // One io thread, as pm::run's default: the server, the sibling and 40,000
+  // services share it. Built at once, the document of a tree this size
+  // held that thread for most of the request (the sibling's longest wait
+  // was about the whole request); built in slices, the sibling waits about
+  // a slice. Judged against the request's own duration, so that a slow
+  // machine or a sanitizer scales both sides.
+  constexpr std::size_t n = 40000;
+  auto m = ProcessManagerBuilder().name("big").build();
+  Probed probes(m);
+  auto sibling = std::make_shared<Sibling>();
+  m->insert(sibling);
+  for (std::size_t i = 0; i < n; ++i) m->insert(std::make_shared<pm::test::IdleService>());
+  Running run(m, 1);
+  const auto port = probes.port();
+  ASSERT_NE(port, 0);
+  ASSERT_TRUE(run.wait_ready());
+
+  sibling->measuring = true;
+  const auto began = std::chrono::steady_clock::now();
+  const std::string response = get(port, "/status");
+  const auto took = std::chrono::steady_clock::now() - began;
+  sibling->measuring = false;
+  ASSERT_EQ(status_of(response), 200) << response.substr(0, 200);
+  const auto status = pm::status_from_json(boost::json::parse(body_of(response)));
+  EXPECT_EQ(status.children.size(), n + 2);
+  const auto ms = [](auto d) { return std::chrono::duration<double, std::milli>(d).count(); };
+  EXPECT_LT(ms(sibling->longest()) * 4, ms(took))
+      << "the sibling waited " << ms(sibling->longest()) << " ms during a request of " << ms(took) << " ms";
+  run.stop();
+  EXPECT_EQ(run.finish(), nullptr);
+}
+
+TEST(health_cost, concurrent_status_requests_get_the_document_to_json_gives_and_head_its_length) {
+  // Several chunks of children, a nested manager and a supervised one: the
+  // document is streamed level by level, and must be the very text of
+  // serialize(to_json(status())) while the tree stands still.
+  auto m = ProcessManagerBuilder().name("app").build();
+  Probed probes(m);
+  auto inner = ProcessManagerBuilder().name("inner").build();
+  for (int i = 0; i < 300; ++i) inner->insert(std::make_shared<pm::test::IdleService>("in"));
+  auto wrapped = ProcessManagerBuilder().name("wrapped").build();
+  wrapped->insert(std::make_shared<pm::test::IdleService>("deep"));
+  m->insert(inner);
+  m->insert(std::make_shared<pm::RestartSupervisor>(wrapped));
+  for (int i = 0; i < 700; ++i) m->insert(std::make_shared<pm::test::IdleService>("top"));
+  Running run(m);
+  const auto port = probes.port();
+  ASSERT_NE(port, 0);
+  ASSERT_TRUE(run.wait_ready());
+  const std::string expected = boost::json::serialize(pm::to_json(m->status()));
+
+  std::vector<std::string> bodies(8);
+  std::vector<std::thread> clients;
+  for (auto& body : bodies) clients.emplace_back([&body, port] { body = body_of(get(port, "/status")); });
+  const std::string head = get(port, "/status", "HEAD");
+  for (auto& c : clients) c.join();
+  for (const auto& body : bodies) EXPECT_TRUE(body == expected) << body.size() << " bytes, not " << expected.size();
+  EXPECT_EQ(status_of(head), 200) << head;
+  EXPECT_NE(head.find("Content-Length: " + std::to_string(expected.size())), std::string::npos) << head;
+  EXPECT_EQ(body_of(head), "");
   run.stop();
   EXPECT_EQ(run.finish(), nullptr);
 }

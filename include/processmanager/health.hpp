@@ -44,7 +44,11 @@ struct HealthOptions {
 ///   (ChildOptions::heartbeat_timeout), else 503 naming the stale children;
 /// - `GET /readyz`: 200 only while every child is ready; 503 from the
 ///   moment shutdown begins (draining) or while a child restarts;
-/// - `GET /status`: the tree's status() as JSON (status_json.hpp).
+/// - `GET /status`: the tree's status() as JSON (status_json.hpp), built in
+///   slices of at most about 0.25 ms that give the executor back in between
+///   (a big tree's document takes a while, and the services beside the
+///   server must not wait for it); requests that arrive while one is being
+///   built share the next one.
 /// `/livez` and `/readyz` read ProcessManager::health(), whose cost does not
 /// grow with the number of services.
 /// HEAD works like GET without the body. Another method gets 405 (with
