@@ -12,6 +12,7 @@
 #include <stdexcept>
 #include <system_error>
 
+#include "core/deadline.hpp"
 #include "log.hpp"
 #include "status_stream.hpp"
 
@@ -331,9 +332,15 @@ asio::awaitable<void> session(std::shared_ptr<State> s, Registration registratio
     http::request_parser<http::string_body> parser;
     parser.header_limit(header_limit(max_bytes));
     parser.body_limit(static_cast<std::uint64_t>(max_bytes));
-    stream.expires_after(timeout);
+    // The request line and headers must come within header_timeout of the
+    // connection's start or of the previous answer: a slowloris, or an idle
+    // keep-alive connection, holds a place for that long only. The whole
+    // request, a body included, must come within request_timeout.
+    const auto began = std::chrono::steady_clock::now();
+    stream.expires_at(detail::sat_add(began, std::min(s->options.header_timeout, s->options.request_timeout)));
     boost::system::error_code ec;
     std::size_t taken = 0;
+    bool header_done = false;
     while (!parser.is_done()) {
       auto [rec, n] = co_await http::async_read_some(stream, buffer, parser, tuple_token);
       taken += n;
@@ -344,6 +351,10 @@ asio::awaitable<void> session(std::shared_ptr<State> s, Registration registratio
       if (taken > max_bytes) {
         ec = http::error::body_limit;
         break;
+      }
+      if (!header_done && parser.is_header_done()) {
+        header_done = true;
+        stream.expires_at(detail::sat_add(began, s->options.request_timeout));
       }
     }
     if (conn->evicted) co_return;
@@ -422,9 +433,11 @@ asio::awaitable<void> session(std::shared_ptr<State> s, Registration registratio
 
 HealthServer::HealthServer(const std::shared_ptr<ProcessManager>& tree, HealthOptions options, std::string name) {
   if (!tree) throw std::invalid_argument("HealthServer '" + name + "': the tree is null");
-  if (options.request_timeout.count() <= 0 || options.max_request_bytes == 0 || options.max_connections == 0) {
-    throw std::invalid_argument("HealthServer '" + name +
-                                "': request_timeout, max_request_bytes and max_connections must be positive");
+  if (options.request_timeout.count() <= 0 || options.header_timeout.count() <= 0 || options.max_request_bytes == 0 ||
+      options.max_connections == 0) {
+    throw std::invalid_argument(
+        "HealthServer '" + name +
+        "': request_timeout, header_timeout, max_request_bytes and max_connections must be positive");
   }
   boost::system::error_code ec;
   (void)asio::ip::make_address(options.address, ec);

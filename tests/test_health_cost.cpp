@@ -1,5 +1,6 @@
-// HealthServer on big trees: what a probe costs the rest of the tree
-// (/livez and /readyz read health(), /status is built in slices and shared).
+// HealthServer on big trees and against slow clients: what a probe costs
+// the rest of the tree (/livez and /readyz read health(), /status is built
+// in slices and shared), and the short header timeout.
 #include <processmanager/health.hpp>
 
 #include <gtest/gtest.h>
@@ -164,6 +165,41 @@ TEST(health_cost, concurrent_status_requests_get_the_document_to_json_gives_and_
   EXPECT_EQ(status_of(head), 200) << head;
   EXPECT_NE(head.find("Content-Length: " + std::to_string(expected.size())), std::string::npos) << head;
   EXPECT_EQ(body_of(head), "");
+  run.stop();
+  EXPECT_EQ(run.finish(), nullptr);
+}
+
+TEST(health_cost, the_header_timeout_cuts_off_slow_headers_and_idle_connections_but_not_a_slow_body) {
+  auto m = ProcessManagerBuilder().name("app").build();
+  EXPECT_THROW(HealthServer(m, HealthOptions{.header_timeout = 0s}), std::invalid_argument);
+  // The request timeout is the hang guard: only the header timeout can end
+  // these connections before it.
+  Probed probes(m, HealthOptions{.request_timeout = pm::test::hang_guard, .header_timeout = 200ms});
+  Running run(m);
+  const auto port = probes.port();
+  ASSERT_NE(port, 0);
+  {
+    Client slowloris(port);  // half a header, then nothing
+    slowloris.write("GET /livez HTTP/1.1\r\nHo");
+    EXPECT_EQ(slowloris.read_all(), "");  // closed unanswered
+  }
+  {
+    Client idle(port);  // one request kept alive, then idle
+    idle.write("GET /livez HTTP/1.1\r\nHost: x\r\n\r\n");
+    EXPECT_EQ(status_of(idle.read_until("alive\n")), 200);
+    EXPECT_EQ(idle.read_all(), "");  // closed after the header timeout
+  }
+  {
+    // The headers at once, the body after the header timeout: the body has
+    // the rest of the request timeout. Time is the subject: the sleep only
+    // bounds the wait from below and synchronises with no other thread.
+    Client slow_body(port);
+    slow_body.write("GET /livez HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\n");
+    std::this_thread::sleep_for(300ms);
+    slow_body.write("hello");
+    const auto r = slow_body.read_all();
+    EXPECT_EQ(status_of(r), 200) << r;
+  }
   run.stop();
   EXPECT_EQ(run.finish(), nullptr);
 }

@@ -21,9 +21,15 @@ struct HealthOptions {
   std::string address = "127.0.0.1";  ///< the address to bind; loopback unless told otherwise
   std::uint16_t port = 0;             ///< 0 picks a free port (see HealthServer::port())
   /// A client must send each whole request, and take each response, within
-  /// this; a slower one is disconnected. An idle keep-alive connection is
-  /// closed after it too.
+  /// this; a slower one is disconnected.
   std::chrono::nanoseconds request_timeout = std::chrono::seconds(5);
+  /// A client must send a request's line and headers within this (or
+  /// request_timeout, if that is shorter) of connecting or of its previous
+  /// answer; a slower one is disconnected unanswered. So an idle
+  /// keep-alive connection is closed after it, and a slowloris client holds
+  /// a connection for this long at most. A body may take the rest of
+  /// request_timeout.
+  std::chrono::nanoseconds header_timeout = std::chrono::seconds(2);
   /// A request larger than this gets 413: every byte of it counts, whatever
   /// its framing (request line and headers; a body by Content-Length, or
   /// chunked with its chunk sizes, extensions and trailers). The read
