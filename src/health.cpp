@@ -57,6 +57,9 @@ struct HealthConnection {
   beast::tcp_stream stream;
   bool answering = false;  // a whole request arrived and its answer is being written: not evictable
   bool evicted = false;    // closed by the accept loop to make room
+  // Set while it waits for the /status document (answering, but nothing
+  // written yet): evictable after the idle ones, and this wakes it.
+  asio::steady_timer* status_wake = nullptr;
 };
 
 /// A request waiting for the /status document: woken (its timer
@@ -99,15 +102,20 @@ struct HealthState {
   }
 
   /// Closes the oldest connection that is idle or still sending its
-  /// request (a slow or idle client), to make room for a new one. False
-  /// when every connection is being answered.
+  /// request (a slow or idle client), or else the oldest still waiting for
+  /// the /status document (many clients asking for it at once must not
+  /// starve a probe either), to make room for a new one. False when every
+  /// connection is being written its answer.
   bool evict_one() {
-    for (auto& c : connections) {
-      if (c->answering || c->evicted) continue;
-      c->evicted = true;
-      ++evicting;
-      close(*c);
-      return true;
+    for (const bool status_too : {false, true}) {
+      for (auto& c : connections) {
+        if (c->evicted || (c->answering && !(status_too && c->status_wake != nullptr))) continue;
+        c->evicted = true;
+        ++evicting;
+        close(*c);
+        if (c->status_wake != nullptr) c->status_wake->cancel();
+        return true;
+      }
     }
     return false;
   }
@@ -269,22 +277,27 @@ asio::awaitable<void> build_status(std::shared_ptr<State> s) {
 }
 
 /// The /status document, once a build that began after this call ends;
-/// null when the server stops first, the tree is gone or the build failed.
-asio::awaitable<std::shared_ptr<const std::string>> status_document(std::shared_ptr<State> s) {
+/// null when the server stops first, the tree is gone or the build failed
+/// (or the connection was evicted meanwhile: then it is not used).
+asio::awaitable<std::shared_ptr<const std::string>> status_document(std::shared_ptr<State> s,
+                                                                    std::shared_ptr<detail::HealthConnection> conn) {
   const auto ex = co_await asio::this_coro::executor;
   asio::steady_timer wake(ex, asio::steady_timer::time_point::max());
   std::shared_ptr<const std::string> document;
   detail::StatusWait wait{&wake, &document};
   s->status_waiting.push_back(&wait);
-  struct Unlist {  // whatever way this frame ends, the builder forgets it
+  conn->status_wake = &wake;
+  struct Unlist {  // whatever way this frame ends, the builder and the accept loop forget it
     State& s;
+    detail::HealthConnection& conn;
     detail::StatusWait* w;
     ~Unlist() {
+      conn.status_wake = nullptr;
       for (auto* list : {&s.status_waiting, &s.status_serving}) {
         list->erase(std::remove(list->begin(), list->end(), w), list->end());
       }
     }
-  } unlist{*s, &wait};
+  } unlist{*s, *conn, &wait};
   if (!s->status_building) {
     s->status_building = true;
     // It may run at once, on this very strand, and finish a small tree's
@@ -295,7 +308,7 @@ asio::awaitable<std::shared_ptr<const std::string>> status_document(std::shared_
   }
   if (!wait.served && !s->closing) {
     auto [ec] = co_await wake.async_wait(tuple_token);
-    (void)ec;  // cancelled: by the builder with the document, or by close_all()
+    (void)ec;  // cancelled: by the builder with the document, by close_all() or by an eviction
   }
   co_return document;
 }
@@ -385,9 +398,9 @@ asio::awaitable<void> session(std::shared_ptr<State> s, Registration registratio
     const auto& req = parser.get();
     close = !req.keep_alive();
     if (s->is_status(req)) {
-      auto waiting = status_document(s);  // a named local: see "GCC 12" in the README
+      auto waiting = status_document(s, conn);  // a named local: see "GCC 12" in the README
       const std::shared_ptr<const std::string> document = co_await std::move(waiting);
-      if (s->closing) co_return;
+      if (s->closing || conn->evicted) co_return;
       if (document) {
         // The header, then the document itself: shared by every request
         // that waited for it, never copied into a response.

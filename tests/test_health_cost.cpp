@@ -169,6 +169,43 @@ TEST(health_cost, concurrent_status_requests_get_the_document_to_json_gives_and_
   EXPECT_EQ(run.finish(), nullptr);
 }
 
+TEST(health_cost, clients_waiting_for_status_at_the_connection_limit_never_starve_a_probe) {
+  // Every connection the limit allows asks for /status of a big tree and
+  // waits for its document; a probe that comes meanwhile evicts the oldest
+  // of them (after any idle one) rather than being refused with 503.
+  constexpr std::size_t n = 40000;
+  auto m = ProcessManagerBuilder().name("big").build();
+  Probed probes(
+      m, HealthOptions{
+             .request_timeout = pm::test::hang_guard, .header_timeout = pm::test::hang_guard, .max_connections = 4});
+  for (std::size_t i = 0; i < n; ++i) m->insert(std::make_shared<pm::test::IdleService>());
+  Running run(m, 1);
+  const auto port = probes.port();
+  ASSERT_NE(port, 0);
+  ASSERT_TRUE(run.wait_ready());
+  std::vector<std::unique_ptr<Client>> askers;
+  for (int i = 0; i < 4; ++i) {
+    askers.push_back(std::make_unique<Client>(port));
+    askers.back()->write("GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  }
+  const auto r = get(port, "/livez");
+  EXPECT_EQ(status_of(r), 200) << r;
+  std::size_t answered = 0;
+  std::size_t evicted = 0;
+  for (auto& a : askers) {
+    const auto response = a->read_all();
+    if (response.empty()) {
+      ++evicted;
+    } else if (status_of(response) == 200) {
+      ++answered;
+    }
+  }
+  EXPECT_GE(evicted, 1u);
+  EXPECT_EQ(answered + evicted, askers.size());
+  run.stop();
+  EXPECT_EQ(run.finish(), nullptr);
+}
+
 TEST(health_cost, the_header_timeout_cuts_off_slow_headers_and_idle_connections_but_not_a_slow_body) {
   auto m = ProcessManagerBuilder().name("app").build();
   EXPECT_THROW(HealthServer(m, HealthOptions{.header_timeout = 0s}), std::invalid_argument);

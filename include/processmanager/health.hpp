@@ -37,8 +37,9 @@ struct HealthOptions {
   std::size_t max_request_bytes = 8192;
   /// At most this many connections count at once. A new one beyond it
   /// evicts (closes) the oldest connection that is idle or still sending its
-  /// request, so idle or slow clients never starve a probe; only when every
-  /// connection is being answered is it answered 503 and closed.
+  /// request, or else the oldest still waiting for the /status document, so
+  /// idle or slow clients never starve a probe; only when every connection
+  /// is being written its answer is it answered 503 and closed.
   std::size_t max_connections = 64;
   /// Called once listening, with the bound port (to print where to curl).
   std::function<void(std::uint16_t port)> on_listening{};
