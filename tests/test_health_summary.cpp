@@ -127,6 +127,55 @@ TEST(health_summary, reads_no_heartbeat_while_none_can_be_stale) {
   EXPECT_EQ(run.finish(), nullptr);
 }
 
+/// A service behind a handle that says it supervises the service's own
+/// handle (as RestartSupervisor's does), counting how often it is asked.
+class Supervised final : public pm::Runnable {
+ public:
+  class Handle final : public pm::ProcessControlHandler, public pm::detail::Supervising {
+   public:
+    Handle(std::shared_ptr<pm::ProcessControlHandler> inner, std::atomic<int>& asked)
+        : inner_(std::move(inner)), asked_(asked) {}
+    void control(pm::RuntimeControlMessage msg) override { inner_->control(std::move(msg)); }
+    bool watch_readiness(std::function<void(bool)> fn) override { return inner_->watch_readiness(std::move(fn)); }
+    std::shared_ptr<pm::ProcessControlHandler> supervised_handle() const override {
+      asked_.fetch_add(1);
+      return inner_;
+    }
+    std::size_t supervised_restarts() const noexcept override { return 0; }
+
+   private:
+    std::shared_ptr<pm::ProcessControlHandler> inner_;
+    std::atomic<int>& asked_;
+  };
+  explicit Supervised(std::atomic<int>& asked)
+      : probe_("supervised", std::make_shared<Journal>()),
+        handle_(std::make_shared<Handle>(probe_.process_handle(), asked)) {}
+  asio::awaitable<void> process_start() override { return probe_.process_start(); }
+  std::string process_name() const override { return probe_.process_name(); }
+  std::shared_ptr<pm::ProcessControlHandler> process_handle() override { return handle_; }
+
+ private:
+  Probe probe_;
+  std::shared_ptr<Handle> handle_;
+};
+
+TEST(health_summary, looks_through_a_supervisor_of_a_plain_service_once) {
+  // A supervisor may supervise a manager, so health() must look through
+  // it; once it is seen to supervise a plain service, it is a leaf for good.
+  std::atomic<int> asked{0};
+  ProcessManagerBuilder b;
+  b.name("m");
+  constexpr int n = 100;
+  for (int i = 0; i < n; ++i) b.pre_insert(std::make_shared<Supervised>(asked));
+  auto m = b.build();
+  Running run(m);
+  ASSERT_TRUE(run.wait_ready());
+  for (int i = 0; i < 10; ++i) EXPECT_EQ(m->health().services, static_cast<std::size_t>(n));
+  EXPECT_EQ(asked.load(), n);
+  run.stop();
+  EXPECT_EQ(run.finish(), nullptr);
+}
+
 TEST(health_summary, a_child_that_never_beats_is_stale_from_its_start_and_again_after_a_restart) {
   auto j = std::make_shared<Journal>();
   auto silent = std::make_shared<Beating>("silent", j);

@@ -55,6 +55,13 @@ struct HealthBooks {
     }
   }
 
+  /// A child found to lead to no nested manager (a supervisor of a plain
+  /// service) is not looked at again.
+  void forget_nesting(ChildNode& n) {
+    take_out(nesting, n.nest_slot, &ChildNode::nest_slot);
+    n.may_nest = false;
+  }
+
   /// A child leaves them (ManagerRun::unlink).
   void remove(ChildNode& n) {
     if (n.options && n.options->heartbeat_timeout) take_out(beating, n.beat_slot, &ChildNode::beat_slot);

@@ -8,14 +8,17 @@
 
 namespace pm::detail {
 
-std::shared_ptr<ManagerCore> nested_core(std::shared_ptr<ProcessControlHandler> h) {
+std::shared_ptr<ManagerCore> nested_core(std::shared_ptr<ProcessControlHandler> h, bool* leaf) {
   // A supervisor of a supervisor of ... ends at a plain handle; the bound
   // only guards against a handle that supervises itself.
   for (int hops = 0; h && hops < 64; ++hops) {
     ProcessControlHandler& ref = *h;
     if (typeid(ref) == typeid(ManagerHandle)) return static_cast<ManagerHandle&>(ref).core();
     const auto* sup = dynamic_cast<const Supervising*>(h.get());
-    if (sup == nullptr) return nullptr;
+    if (sup == nullptr) {
+      if (leaf != nullptr) *leaf = true;
+      return nullptr;
+    }
     h = sup->supervised_handle();
   }
   return nullptr;

@@ -19,8 +19,9 @@ struct CoreAccess {
 };
 
 /// The nested manager behind a handle, looking through supervisors; null
-/// for any other handle.
-std::shared_ptr<ManagerCore> nested_core(std::shared_ptr<ProcessControlHandler> h);
+/// for any other handle. `leaf`, when given, is set when the handle leads
+/// to a plain service's handle (not to a supervisor between runs).
+std::shared_ptr<ManagerCore> nested_core(std::shared_ptr<ProcessControlHandler> h, bool* leaf = nullptr);
 
 /// How far a reading of one manager's children has got, so that it can go
 /// on later, after the lock was let go: a child added meanwhile is read in

@@ -13,6 +13,7 @@ namespace {
 
 /// A child of a manager that may be a nested manager, as copied under the lock.
 struct NestingPeek {
+  std::shared_ptr<ChildNode> node;
   std::shared_ptr<ProcessControlHandler> handle;
   std::string name;
   bool parked = false;
@@ -21,7 +22,7 @@ struct NestingPeek {
 
 /// What one look at one manager found.
 struct Look {
-  bool runs = false;  // it has a run (else it has no children to count)
+  std::shared_ptr<ManagerRun> run;  // null: it has no run, and no children to count
   std::size_t services = 0;
   std::size_t running = 0;
   std::size_t ready = 0;
@@ -95,14 +96,15 @@ Look look_at(ManagerCore& core) {
     std::lock_guard lock(core.mu);
     run = core.current.lock();
     if (!run) return out;
-    out.runs = true;
+    out.run = run;
     out.services = run->live;
     out.restarting = run->parked.size();
     out.running = run->live - run->parked.size();
     out.ready = run->ready_count;
     HealthBooks& books = run->books;
     out.nesting.reserve(books.nesting.size());
-    for (const ChildNode* n : books.nesting) out.nesting.push_back({n->handle, n->name, n->parked, n->ready});
+    for (ChildNode* n : books.nesting)
+      out.nesting.push_back({n->shared_from_this(), n->handle, n->name, n->parked, n->ready});
     // Quiet, the usual case: nothing to read. Else the stale ones are read
     // again, and all the watched ones once the quiet time is over.
     now = clock::now();
@@ -118,6 +120,19 @@ Look look_at(ManagerCore& core) {
   }
   out.stale = judge(core, run, to_judge, full, linked_before, now);
   return out;
+}
+
+/// A supervisor found to supervise a plain service leaves the list of
+/// children that may be nested managers: a tree of thousands of supervised
+/// services would otherwise cost health() a look at each, every time. (A
+/// supervisor's child is one runnable for good, and a service's handle
+/// does not turn into a manager's.)
+void forget_leaves(ManagerCore& core, const std::shared_ptr<ManagerRun>& run, const std::vector<ChildNode*>& leaves) {
+  std::lock_guard lock(core.mu);
+  if (core.current.lock() != run) return;
+  for (ChildNode* n : leaves) {
+    if (n->linked && n->may_nest) run->books.forget_nesting(*n);
+  }
 }
 
 }  // namespace
@@ -149,7 +164,7 @@ HealthSummary summarize(const std::shared_ptr<ManagerCore>& root) {
     out.running += look.running;
     out.ready_services += look.ready;
     out.restarting += look.restarting;
-    if (i > 0 && look.runs) {
+    if (i > 0 && look.run) {
       // A running manager is not a service: its children are counted in its
       // stead. One between runs (restarting, say) counts as one service, as
       // it has none to show.
@@ -162,8 +177,11 @@ HealthSummary summarize(const std::shared_ptr<ManagerCore>& root) {
       if (visits[i].ready) --out.ready_services;
     }
     for (auto& name : look.stale) stale.emplace_back(i, std::move(name));
+    std::vector<ChildNode*> leaves;
     for (auto& peek : look.nesting) {
-      auto inner = nested_core(peek.handle);
+      bool leaf = false;
+      auto inner = nested_core(peek.handle, &leaf);
+      if (leaf) leaves.push_back(peek.node.get());
       if (!inner) continue;  // a supervisor between runs, or of a plain service: a service itself
       if (seen.empty()) seen.insert(root.get());
       // A manager met twice (a supervisor's loop) is entered once.
@@ -171,6 +189,7 @@ HealthSummary summarize(const std::shared_ptr<ManagerCore>& root) {
         visits.push_back({std::move(inner), i, std::move(peek.name), peek.parked, peek.ready});
       }
     }
+    if (!leaves.empty()) forget_leaves(*visits[i].core, look.run, leaves);
   }
   out.stale = stale.size();
   if (stale.empty()) return out;
