@@ -163,7 +163,8 @@ TEST(health_cost, concurrent_status_requests_get_the_document_to_json_gives_and_
   for (auto& c : clients) c.join();
   for (const auto& body : bodies) EXPECT_TRUE(body == expected) << body.size() << " bytes, not " << expected.size();
   EXPECT_EQ(status_of(head), 200) << head;
-  EXPECT_NE(head.find("Content-Length: " + std::to_string(expected.size())), std::string::npos) << head;
+  EXPECT_NE(head.find(std::string("Content-Length: ").append(std::to_string(expected.size()))), std::string::npos)
+      << head;
   EXPECT_EQ(body_of(head), "");
   run.stop();
   EXPECT_EQ(run.finish(), nullptr);
