@@ -1,11 +1,9 @@
 #include <processmanager/health.hpp>
 
 #include <processmanager/runtime_guard.hpp>
-#include <processmanager/status_json.hpp>
 
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
-#include <boost/json.hpp>
 
 #include <algorithm>
 #include <array>
@@ -14,7 +12,9 @@
 #include <stdexcept>
 #include <system_error>
 
+#include "core/deadline.hpp"
 #include "log.hpp"
+#include "status_stream.hpp"
 
 namespace pm {
 
@@ -57,6 +57,17 @@ struct HealthConnection {
   beast::tcp_stream stream;
   bool answering = false;  // a whole request arrived and its answer is being written: not evictable
   bool evicted = false;    // closed by the accept loop to make room
+  // Set while it waits for the /status document (answering, but nothing
+  // written yet): evictable after the idle ones, and this wakes it.
+  asio::steady_timer* status_wake = nullptr;
+};
+
+/// A request waiting for the /status document: woken (its timer
+/// cancelled) with the document, or with none when the server stops.
+struct StatusWait {
+  asio::steady_timer* wake;
+  std::shared_ptr<const std::string>* document;
+  bool served = false;  // the document came (the builder may finish before the wait begins)
 };
 
 struct HealthState {
@@ -70,6 +81,13 @@ struct HealthState {
   std::size_t evicting = 0;               // evicted, their session not ended yet: not counted against the limit
   asio::steady_timer* drained = nullptr;  // the stop waits on it for the last connection
   bool closing = false;
+  // /status: one document is built at a time, in slices, and every request
+  // that arrived before it began gets it (a flood of requests costs one
+  // build at a time, and one copy of the document).
+  std::vector<StatusWait*> status_waiting;  // for the next document
+  std::vector<StatusWait*> status_serving;  // for the one being built
+  bool status_building = false;
+  std::size_t status_size = 0;  // of the last document
 
   HealthState(const std::shared_ptr<ProcessManager>& t, HealthOptions o, std::string n)
       : tree(t), options(std::move(o)), name(std::move(n)), guard(name) {}
@@ -84,15 +102,20 @@ struct HealthState {
   }
 
   /// Closes the oldest connection that is idle or still sending its
-  /// request (a slow or idle client), to make room for a new one. False
-  /// when every connection is being answered.
+  /// request (a slow or idle client), or else the oldest still waiting for
+  /// the /status document (many clients asking for it at once must not
+  /// starve a probe either), to make room for a new one. False when every
+  /// connection is being written its answer.
   bool evict_one() {
-    for (auto& c : connections) {
-      if (c->answering || c->evicted) continue;
-      c->evicted = true;
-      ++evicting;
-      close(*c);
-      return true;
+    for (const bool status_too : {false, true}) {
+      for (auto& c : connections) {
+        if (c->evicted || (c->answering && !(status_too && c->status_wake != nullptr))) continue;
+        c->evicted = true;
+        ++evicting;
+        close(*c);
+        if (c->status_wake != nullptr) c->status_wake->cancel();
+        return true;
+      }
     }
     return false;
   }
@@ -100,11 +123,14 @@ struct HealthState {
   void close_all() {
     closing = true;
     for (auto& c : connections) close(*c);
+    for (auto* w : status_waiting) w->wake->cancel();
+    for (auto* w : status_serving) w->wake->cancel();
   }
 
+  /// The answer to a request, except a GET or HEAD of /status (see
+  /// is_status), whose document is built in slices.
   Response answer(const http::request<http::string_body>& req) const {
-    std::string_view target(req.target().data(), req.target().size());
-    if (const auto q = target.find('?'); q != std::string_view::npos) target = target.substr(0, q);
+    const std::string_view target = path_of(req);
     const unsigned version = req.version();
     if (target != "/livez" && target != "/readyz" && target != "/status") {
       return text(http::status::not_found, "no such endpoint; try /livez, /readyz or /status\n", version);
@@ -116,30 +142,36 @@ struct HealthState {
     }
     const auto t = tree.lock();
     if (!t) return text(http::status::service_unavailable, "the tree is gone\n", version);
+    if (target == "/status") return text(http::status::service_unavailable, "status unavailable\n", version);
+    // health(), not status(): its cost does not grow with the number of
+    // services, and probes come often.
     if (target == "/readyz") {
       if (t->is_ready()) return text(http::status::ok, "ready\n", version);
-      const ChildState st = t->status().state;
+      const ChildState st = t->health().state;
       return text(http::status::service_unavailable,
                   st == ChildState::stopping ? "stopping\n" : "not ready (" + std::string(to_string(st)) + ")\n",
                   version);
     }
-    const ChildStatus st = t->status();
-    if (target == "/livez") {
-      if (st.state == ChildState::stopped || st.state == ChildState::failed) {
-        return text(http::status::service_unavailable, "not running (" + std::string(to_string(st.state)) + ")\n",
-                    version);
-      }
-      const auto stale = stale_paths(st);
-      if (stale.empty()) return text(http::status::ok, "alive\n", version);
-      std::string body = "stale heartbeat:";
-      for (const auto& p : stale) body += " " + p;
-      return text(http::status::service_unavailable, body + "\n", version);
+    const HealthSummary h = t->health();
+    if (h.state == ChildState::stopped || h.state == ChildState::failed) {
+      return text(http::status::service_unavailable, "not running (" + std::string(to_string(h.state)) + ")\n",
+                  version);
     }
-    Response res{http::status::ok, version};
-    res.set(http::field::content_type, "application/json");
-    res.set(http::field::cache_control, "no-store");
-    res.body() = boost::json::serialize(to_json(st));
-    return res;
+    if (h.stale == 0) return text(http::status::ok, "alive\n", version);
+    std::string body = "stale heartbeat:";
+    for (const auto& p : h.stale_paths) body.append(" ").append(p);
+    return text(http::status::service_unavailable, body + "\n", version);
+  }
+
+  static std::string_view path_of(const http::request<http::string_body>& req) {
+    std::string_view target(req.target().data(), req.target().size());
+    if (const auto q = target.find('?'); q != std::string_view::npos) target = target.substr(0, q);
+    return target;
+  }
+  /// A request for the /status document (GET or HEAD) of a tree still there.
+  bool is_status(const http::request<http::string_body>& req) const {
+    return path_of(req) == "/status" && (req.method() == http::verb::get || req.method() == http::verb::head) &&
+           !tree.expired();
   }
 };
 
@@ -199,6 +231,88 @@ class Registration {
   Place place_;
 };
 
+/// How long a slice of the /status document may hold the executor.
+constexpr auto status_slice = std::chrono::microseconds(250);
+
+/// Builds /status documents one at a time, each in slices that give the
+/// executor back in between, for the requests waiting; ends when none waits.
+asio::awaitable<void> build_status(std::shared_ptr<State> s) {
+  struct Idle {
+    State& s;
+    ~Idle() { s.status_building = false; }  // also if the frame goes unfinished
+  } idle{*s};
+  const auto ex = co_await asio::this_coro::executor;
+  while (!s->closing && !s->status_waiting.empty()) {
+    // Whoever asks from now on waits for the next document: this one may
+    // have read part of the tree before the request came.
+    s->status_serving.insert(s->status_serving.end(), s->status_waiting.begin(), s->status_waiting.end());
+    s->status_waiting.clear();
+    std::shared_ptr<const std::string> document;
+    try {
+      std::shared_ptr<detail::ManagerCore> core;
+      if (const auto t = s->tree.lock()) core = detail::CoreAccess::core(*t);
+      if (core) {
+        detail::StatusStream stream(std::move(core));
+        auto text = std::make_shared<std::string>();
+        // Room for about the last document and a bit: growing a string of
+        // megabytes by doubling copies it whole, in one slice.
+        text->reserve(s->status_size + s->status_size / 8);
+        while (!stream.write_some(*text, status_slice)) {
+          co_await asio::post(ex, asio::use_awaitable);  // what else is queued runs first
+          if (s->closing) co_return;                     // the waiters were woken by close_all()
+        }
+        s->status_size = text->size();
+        document = std::move(text);
+      }
+    } catch (const std::exception& e) {
+      detail::log_line(LogLevel::warn, s->name, std::string("building /status failed: ").append(e.what()));
+    }
+    for (auto* w : s->status_serving) {
+      *w->document = document;
+      w->served = true;
+      w->wake->cancel();
+    }
+    s->status_serving.clear();
+  }
+}
+
+/// The /status document, once a build that began after this call ends;
+/// null when the server stops first, the tree is gone or the build failed
+/// (or the connection was evicted meanwhile: then it is not used).
+asio::awaitable<std::shared_ptr<const std::string>> status_document(std::shared_ptr<State> s,
+                                                                    std::shared_ptr<detail::HealthConnection> conn) {
+  const auto ex = co_await asio::this_coro::executor;
+  asio::steady_timer wake(ex, asio::steady_timer::time_point::max());
+  std::shared_ptr<const std::string> document;
+  detail::StatusWait wait{&wake, &document};
+  s->status_waiting.push_back(&wait);
+  conn->status_wake = &wake;
+  struct Unlist {  // whatever way this frame ends, the builder and the accept loop forget it
+    State& s;
+    detail::HealthConnection& conn;
+    detail::StatusWait* w;
+    ~Unlist() {
+      conn.status_wake = nullptr;
+      for (auto* list : {&s.status_waiting, &s.status_serving}) {
+        list->erase(std::remove(list->begin(), list->end(), w), list->end());
+      }
+    }
+  } unlist{*s, *conn, &wait};
+  if (!s->status_building) {
+    s->status_building = true;
+    // It may run at once, on this very strand, and finish a small tree's
+    // document before the wait below begins: hence `served`.
+    asio::co_spawn(ex, build_status(s), [name = s->name](const std::exception_ptr& e) {
+      if (e) detail::log_line(LogLevel::warn, name, "building /status ended with an error: " + describe(e));
+    });
+  }
+  if (!wait.served && !s->closing) {
+    auto [ec] = co_await wake.async_wait(tuple_token);
+    (void)ec;  // cancelled: by the builder with the document, by close_all() or by an eviction
+  }
+  co_return document;
+}
+
 /// One connection: requests answered in turn until the client closes, is
 /// too slow, sends something unacceptable, is evicted, or the server stops.
 asio::awaitable<void> session(std::shared_ptr<State> s, Registration registration, bool overloaded) {
@@ -231,9 +345,15 @@ asio::awaitable<void> session(std::shared_ptr<State> s, Registration registratio
     http::request_parser<http::string_body> parser;
     parser.header_limit(header_limit(max_bytes));
     parser.body_limit(static_cast<std::uint64_t>(max_bytes));
-    stream.expires_after(timeout);
+    // The request line and headers must come within header_timeout of the
+    // connection's start or of the previous answer: a slowloris, or an idle
+    // keep-alive connection, holds a place for that long only. The whole
+    // request, a body included, must come within request_timeout.
+    const auto began = std::chrono::steady_clock::now();
+    stream.expires_at(detail::sat_add(began, std::min(s->options.header_timeout, s->options.request_timeout)));
     boost::system::error_code ec;
     std::size_t taken = 0;
+    bool header_done = false;
     while (!parser.is_done()) {
       auto [rec, n] = co_await http::async_read_some(stream, buffer, parser, tuple_token);
       taken += n;
@@ -244,6 +364,10 @@ asio::awaitable<void> session(std::shared_ptr<State> s, Registration registratio
       if (taken > max_bytes) {
         ec = http::error::body_limit;
         break;
+      }
+      if (!header_done && parser.is_header_done()) {
+        header_done = true;
+        stream.expires_at(detail::sat_add(began, s->options.request_timeout));
       }
     }
     if (conn->evicted) co_return;
@@ -272,8 +396,34 @@ asio::awaitable<void> session(std::shared_ptr<State> s, Registration registratio
       co_return;
     }
     const auto& req = parser.get();
-    res = s->answer(req);
     close = !req.keep_alive();
+    if (s->is_status(req)) {
+      auto waiting = status_document(s, conn);  // a named local: see "GCC 12" in the README
+      const std::shared_ptr<const std::string> document = co_await std::move(waiting);
+      if (s->closing || conn->evicted) co_return;
+      if (document) {
+        // The header, then the document itself: shared by every request
+        // that waited for it, never copied into a response.
+        http::response<http::empty_body> head{http::status::ok, req.version()};
+        head.set(http::field::content_type, "application/json");
+        head.set(http::field::cache_control, "no-store");
+        head.content_length(document->size());
+        head.keep_alive(!close);
+        stream.expires_after(timeout);
+        auto [wec, wn] = co_await http::async_write(stream, head, tuple_token);
+        (void)wn;
+        if (!wec && req.method() != http::verb::head) {
+          auto [bec, bn] = co_await asio::async_write(stream, asio::buffer(*document), tuple_token);
+          (void)bn;
+          wec = bec;
+        }
+        if (wec || close) break;
+        continue;
+      }
+      res = text(http::status::service_unavailable, "status unavailable\n", req.version());
+    } else {
+      res = s->answer(req);
+    }
     if (req.method() == http::verb::head) {
       const auto length = res.body().size();
       res.body().clear();
@@ -296,9 +446,11 @@ asio::awaitable<void> session(std::shared_ptr<State> s, Registration registratio
 
 HealthServer::HealthServer(const std::shared_ptr<ProcessManager>& tree, HealthOptions options, std::string name) {
   if (!tree) throw std::invalid_argument("HealthServer '" + name + "': the tree is null");
-  if (options.request_timeout.count() <= 0 || options.max_request_bytes == 0 || options.max_connections == 0) {
-    throw std::invalid_argument("HealthServer '" + name +
-                                "': request_timeout, max_request_bytes and max_connections must be positive");
+  if (options.request_timeout.count() <= 0 || options.header_timeout.count() <= 0 || options.max_request_bytes == 0 ||
+      options.max_connections == 0) {
+    throw std::invalid_argument(
+        "HealthServer '" + name +
+        "': request_timeout, header_timeout, max_request_bytes and max_connections must be positive");
   }
   boost::system::error_code ec;
   (void)asio::ip::make_address(options.address, ec);

@@ -3,10 +3,9 @@
 #include <processmanager/process_manager.hpp>
 
 #include <stdexcept>
-#include <typeinfo>
 #include <unordered_set>
 
-#include "core/run_state.hpp"
+#include "core/snapshot.hpp"
 
 namespace pm {
 
@@ -184,94 +183,8 @@ bool ProcessManager::is_ready() const {
   return core_->ready;
 }
 
-namespace {
-
-/// What status() copies of a child under its manager's lock; the rest
-/// (heartbeat, restarts of a supervisor, a nested manager) is read from the
-/// handle after the lock, since a handle is user code.
-struct ChildPeek {
-  std::shared_ptr<ProcessControlHandler> handle;
-  std::optional<std::chrono::nanoseconds> heartbeat_timeout;
-  std::chrono::steady_clock::time_point run_started;
-  bool watch_beat = false;  // in a state where staleness applies
-};
-
-/// The nested manager behind a handle, looking through supervisors.
-std::shared_ptr<detail::ManagerCore> nested_core(std::shared_ptr<ProcessControlHandler> h) {
-  // A supervisor of a supervisor of ... ends at a plain handle; the bound
-  // only guards against a handle that supervises itself.
-  for (int hops = 0; h && hops < 64; ++hops) {
-    ProcessControlHandler& ref = *h;
-    if (typeid(ref) == typeid(detail::ManagerHandle)) return static_cast<detail::ManagerHandle&>(ref).core();
-    const auto* sup = dynamic_cast<const detail::Supervising*>(h.get());
-    if (sup == nullptr) return nullptr;
-    h = sup->supervised_handle();
-  }
-  return nullptr;
-}
-
-/// Fills `out` with the children of `core`, their paths under `prefix`;
-/// returns the nested managers found, with the slots they fill.
-std::vector<std::pair<ChildStatus*, std::shared_ptr<detail::ManagerCore>>> peek_children(detail::ManagerCore& core,
-                                                                                         const std::string& prefix,
-                                                                                         ChildStatus& out) {
-  std::vector<ChildPeek> peeks;
-  {
-    std::lock_guard lock(core.mu);
-    if (auto run = core.current.lock()) {
-      out.children.reserve(run->live);
-      peeks.reserve(run->live);
-      for (detail::ChildNode* n = run->head; n != nullptr; n = n->next) {
-        ChildStatus c;
-        c.path = prefix + n->name;
-        c.state = n->state;
-        c.since = n->since;
-        c.ready = n->ready;
-        if (n->last_error) c.last_error = describe(n->last_error);
-        c.restarts = n->restarts;
-        out.children.push_back(std::move(c));
-        ChildPeek p;
-        p.handle = n->handle;
-        if (n->options) p.heartbeat_timeout = n->options->heartbeat_timeout;
-        p.run_started = n->run_started;
-        p.watch_beat = !n->parked && (n->state == ChildState::running || n->state == ChildState::ready ||
-                                      n->state == ChildState::starting);
-        peeks.push_back(std::move(p));
-      }
-    }
-  }
-  std::vector<std::pair<ChildStatus*, std::shared_ptr<detail::ManagerCore>>> nested;
-  const auto now = std::chrono::steady_clock::now();
-  for (std::size_t i = 0; i < peeks.size(); ++i) {
-    ChildPeek& p = peeks[i];
-    ChildStatus& c = out.children[i];
-    if (p.heartbeat_timeout && p.watch_beat) {
-      auto last = p.run_started;
-      if (const auto beat = p.handle->last_heartbeat(); beat && *beat > last) last = *beat;
-      c.stale = now - last > *p.heartbeat_timeout;
-    }
-    const ProcessControlHandler& handle = *p.handle;
-    if (typeid(handle) == typeid(detail::GuardState)) continue;  // the common case: a leaf
-    if (const auto* sup = dynamic_cast<const detail::Supervising*>(p.handle.get())) {
-      c.restarts += sup->supervised_restarts();
-    }
-    if (auto inner = nested_core(p.handle)) nested.emplace_back(&c, std::move(inner));
-  }
-  return nested;
-}
-
-}  // namespace
-
 ChildStatus ProcessManager::status() const {
-  ChildStatus out;
-  {
-    std::lock_guard lock(core_->mu);
-    out.path = core_->name;
-    out.state = core_->self_state;
-    out.since = core_->self_since;
-    out.ready = core_->ready;
-    out.last_error = core_->self_error;
-  }
+  ChildStatus out = detail::peek_self(*core_);
   // Breadth by breadth with an explicit list, not recursion: a tree
   // thousands of levels deep costs time linear in its nodes (plus its
   // paths) and no stack per level. Each manager's lock is taken alone.
@@ -280,14 +193,18 @@ ChildStatus ProcessManager::status() const {
   while (!work.empty()) {
     auto [slot, core] = std::move(work.back());
     work.pop_back();
-    // Paths are full ("root/db/writer") whatever the depth.
-    for (auto& [child, inner] : peek_children(*core, slot->path + "/", *slot)) {
+    // Paths are full ("root/db/writer") whatever the depth. All of a
+    // manager's children are read at once, so the slots stay put.
+    detail::PeekCursor cursor;
+    for (auto& [index, inner] : detail::peek_children(*core, slot->path + "/", slot->children, cursor)) {
       // A manager met twice (a supervisor's loop) is listed, not entered again.
-      if (seen.insert(inner.get()).second) work.emplace_back(child, std::move(inner));
+      if (seen.insert(inner.get()).second) work.emplace_back(&slot->children[index], std::move(inner));
     }
   }
   return out;
 }
+
+HealthSummary ProcessManager::health() const { return detail::summarize(core_); }
 
 asio::awaitable<void> ProcessManager::process_start() { return detail::run_manager(core_); }
 

@@ -1,7 +1,6 @@
 #include <processmanager/systemd.hpp>
 
 #include <processmanager/runtime_guard.hpp>
-#include <processmanager/status_json.hpp>
 
 #include <fcntl.h>
 #include <sys/socket.h>
@@ -83,30 +82,19 @@ std::uint64_t monotonic_usec() {
   return static_cast<std::uint64_t>(ts.tv_sec) * 1000000U + static_cast<std::uint64_t>(ts.tv_nsec) / 1000U;
 }
 
-/// "ready: 5 services", "stopping: 2 of 5 still running", ...
-std::string summary(const ChildStatus& st) {
-  std::size_t total = 0;
-  std::size_t live = 0;
-  std::size_t ready = 0;
-  std::size_t restarting = 0;
-  auto count = [&](const auto& self, const ChildStatus& s) -> void {
-    for (const auto& c : s.children) {
-      if (!c.children.empty()) {
-        self(self, c);
-        continue;
-      }
-      ++total;
-      if (c.state == ChildState::restarting) ++restarting;
-      if (c.state != ChildState::stopped && c.state != ChildState::failed && c.state != ChildState::abandoned) {
-        ++live;
-      }
-      if (c.ready) ++ready;
-    }
-  };
-  count(count, st);
-  std::string out = std::string(to_string(st.state)) + ": " + std::to_string(live) + " of " + std::to_string(total) +
-                    " services running, " + std::to_string(ready) + " ready";
-  if (restarting > 0) out += ", " + std::to_string(restarting) + " restarting";
+/// "ready: 5 of 5 services running, 5 ready", "stopping: 2 of 5 services
+/// running, 0 ready", ... From health(): the notifier asks at every change
+/// of the tree's state, and a snapshot of a big tree costs far more.
+std::string summary(const HealthSummary& h) {
+  std::string out = std::string(to_string(h.state));
+  out.append(": ")
+      .append(std::to_string(h.running))
+      .append(" of ")
+      .append(std::to_string(h.services))
+      .append(" services running, ")
+      .append(std::to_string(h.ready_services))
+      .append(" ready");
+  if (h.restarting > 0) out.append(", ").append(std::to_string(h.restarting)).append(" restarting");
   return out;
 }
 
@@ -232,29 +220,17 @@ asio::awaitable<void> SystemdNotifier::run() {
   clock::time_point next_watchdog = clock::now();
   clock::time_point next_extend{};
 
-  auto live_count = [&tree] {
-    std::size_t n = 0;
-    auto walk = [&n](const auto& self, const ChildStatus& st) -> void {
-      for (const auto& c : st.children) {
-        if (c.state != ChildState::stopped && c.state != ChildState::failed && c.state != ChildState::abandoned) {
-          ++n;
-        }
-        self(self, c);
-      }
-    };
-    walk(walk, tree.status());
-    return n;
-  };
+  auto live_count = [&tree] { return tree.health().running; };
   auto extend = [&] {
     const auto usec = std::chrono::duration_cast<std::chrono::microseconds>(2 * s->options.extend_interval).count();
-    s->send("EXTEND_TIMEOUT_USEC=" + std::to_string(usec) + "\n" + status_line(summary(tree.status())));
+    s->send("EXTEND_TIMEOUT_USEC=" + std::to_string(usec) + "\n" + status_line(summary(tree.health())));
   };
   auto begin_stopping = [&] {
     if (stopping) return;
     stopping = true;
     stop_began = clock::now();
     last_live = live_count();
-    s->send("STOPPING=1\nSTATUS=" + summary(tree.status()));
+    s->send("STOPPING=1\nSTATUS=" + summary(tree.health()));
     extend();
     next_extend = stop_began + s->options.extend_interval;
   };
@@ -265,16 +241,16 @@ asio::awaitable<void> SystemdNotifier::run() {
       case ChildState::ready:
         ran = true;
         if (!sent_ready || reloading) {
-          s->send("READY=1\nSTATUS=" + summary(tree.status()));
+          s->send("READY=1\nSTATUS=" + summary(tree.health()));
           sent_ready = true;
           reloading = false;
         } else {
-          s->send(status_line(summary(tree.status())));
+          s->send(status_line(summary(tree.health())));
         }
         break;
       case ChildState::running:
         ran = true;
-        if (sent_ready) s->send(status_line(summary(tree.status())));  // a child restarts: not ready for now
+        if (sent_ready) s->send(status_line(summary(tree.health())));  // a child restarts: not ready for now
         break;
       case ChildState::stopping:
         ran = true;
@@ -284,24 +260,25 @@ asio::awaitable<void> SystemdNotifier::run() {
         break;
     }
   };
-  on_state(tree.status().state);
+  on_state(tree.health().state);
 
   for (;;) {
     const auto now = clock::now();
-    const ChildState st = tree.status().state;
+    const HealthSummary health = tree.health();
+    const ChildState st = health.state;
     if (ran && (st == ChildState::stopped || st == ChildState::failed)) {
       begin_stopping();  // a tree that stopped before we saw it begin
-      s->send(status_line(summary(tree.status())));
+      s->send(status_line(summary(health)));
       co_return;
     }
     // The watchdog is judged only once the tree has begun: before, there is
     // nothing stale to name, and a tree not yet started is not unhealthy.
     const bool begun = ran || (st != ChildState::stopped && st != ChildState::failed);
     if (period && begun && now >= next_watchdog) {
-      const auto stale = stale_paths(tree.status());
+      const auto& stale = health.stale_paths;
       if (stale.empty()) {
         s->send(withheld_for.empty() ? std::string("WATCHDOG=1")
-                                     : "WATCHDOG=1\n" + status_line("healthy again; " + summary(tree.status())));
+                                     : "WATCHDOG=1\n" + status_line("healthy again; " + summary(health)));
       } else if (stale != withheld_for) {
         // Named whenever the set changes: also a child stale from its start,
         // and one that goes stale while another already is.

@@ -3,6 +3,7 @@
 // wait on, and a manager running on background io threads.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <future>
 #include <mutex>
@@ -161,6 +162,39 @@ class Beating : public Runnable {
  private:
   Probe probe_;
   std::shared_ptr<BeatHandle> handle_;
+};
+
+/// A service whose handle counts every read of its heartbeat (how often
+/// the manager or a probe looks) and passes the rest to its guard's handle.
+class Counted final : public Runnable {
+ public:
+  class Handle final : public ProcessControlHandler {
+   public:
+    Handle(std::shared_ptr<ProcessControlHandler> inner, std::atomic<int>& reads)
+        : inner_(std::move(inner)), reads_(reads) {}
+    void control(RuntimeControlMessage msg) override { inner_->control(std::move(msg)); }
+    bool watch_readiness(std::function<void(bool)> fn) override { return inner_->watch_readiness(std::move(fn)); }
+    std::optional<std::chrono::steady_clock::time_point> last_heartbeat() const override {
+      reads_.fetch_add(1);
+      return inner_->last_heartbeat();
+    }
+
+   private:
+    std::shared_ptr<ProcessControlHandler> inner_;
+    std::atomic<int>& reads_;
+  };
+
+  /// `reads` counts for every service given it; it must outlive them.
+  explicit Counted(std::atomic<int>& reads, std::string name = "counted")
+      : probe_(std::move(name), std::make_shared<Journal>()),
+        handle_(std::make_shared<Handle>(probe_.process_handle(), reads)) {}
+  asio::awaitable<void> process_start() override { return probe_.process_start(); }
+  std::string process_name() const override { return probe_.process_name(); }
+  std::shared_ptr<ProcessControlHandler> process_handle() override { return handle_; }
+
+ private:
+  Probe probe_;
+  std::shared_ptr<Handle> handle_;
 };
 
 /// Records a manager's events; tests wait for a matching one.

@@ -204,7 +204,7 @@ bool still_open(const Client& c) {
 TEST(health, idle_and_slow_connections_never_starve_a_probe) {
   // As many connections as the limit allows, sending nothing or half a
   // request (slowloris); the timeout cannot save the probe here.
-  Tree t(HealthOptions{.request_timeout = pm::test::hang_guard});
+  Tree t(HealthOptions{.request_timeout = pm::test::hang_guard, .header_timeout = pm::test::hang_guard});
   Running run(t.manager);
   const std::uint16_t port = t.port();
   ASSERT_NE(port, 0);
@@ -233,7 +233,8 @@ TEST(health, idle_and_slow_connections_never_starve_a_probe) {
 }
 
 TEST(health, a_chunked_request_counts_every_byte_against_the_limit) {
-  Tree t(HealthOptions{.request_timeout = pm::test::hang_guard, .max_request_bytes = 1024});
+  Tree t(HealthOptions{
+      .request_timeout = pm::test::hang_guard, .header_timeout = pm::test::hang_guard, .max_request_bytes = 1024});
   Running run(t.manager);
   const std::uint16_t port = t.port();
   ASSERT_NE(port, 0);
@@ -337,7 +338,7 @@ TEST(health, out_of_descriptors_the_accept_loop_backs_off_and_logs_once) {
   // memory; without free descriptors it reports every object as invalid.
   GTEST_SKIP() << "needs a process without free descriptors, which the sanitizers cannot run in";
 #endif
-  Tree t(HealthOptions{.request_timeout = pm::test::hang_guard});
+  Tree t(HealthOptions{.request_timeout = pm::test::hang_guard, .header_timeout = pm::test::hang_guard});
   LogCapture log;
   Running run(t.manager);
   const std::uint16_t port = t.port();
@@ -404,7 +405,7 @@ TEST(health, out_of_descriptors_the_accept_loop_backs_off_and_logs_once) {
 }
 
 TEST(health, a_stop_closes_open_connections_at_once) {
-  Tree t(HealthOptions{.request_timeout = pm::test::hang_guard});
+  Tree t(HealthOptions{.request_timeout = pm::test::hang_guard, .header_timeout = pm::test::hang_guard});
   Running run(t.manager);
   const std::uint16_t port = t.port();
   ASSERT_NE(port, 0);
@@ -416,8 +417,8 @@ TEST(health, a_stop_closes_open_connections_at_once) {
   send(t.stubborn, 3);
   ASSERT_TRUE(t.j->wait_for("end stubborn"));
   run.stop();
-  // Only the stop's closing can end the idle connection (its timeout is the
-  // hang guard): the tree's stop does not wait for the client.
+  // Only the stop's closing can end the idle connection (its timeouts are
+  // the hang guard): the tree's stop does not wait for the client.
   EXPECT_EQ(run.finish(), nullptr);
   EXPECT_EQ(idle.read_all(), "");  // closed by the server
 }

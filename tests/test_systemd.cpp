@@ -5,6 +5,7 @@
 
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <ctime>
 #include <future>
@@ -387,6 +388,33 @@ TEST(systemd, the_watchdog_names_a_child_stale_from_its_start_and_nothing_before
   }
   EXPECT_EQ(log.count("stale heartbeat: app/silent"), 1u);
   EXPECT_EQ(log.count("withheld"), 1u);
+}
+
+TEST(systemd, the_watchdog_and_status_lines_read_no_heartbeat_while_none_can_be_stale) {
+  // The notifier judges the tree at every watchdog round (here every 10 ms)
+  // and at every change of its state: from ProcessManager::health(), which
+  // reads no heartbeat before the earliest could have run out (an hour),
+  // not from a status() snapshot, which reads every one of them each time.
+  NotifyListener sd(socket_path("cheap"));
+  std::atomic<int> reads{0};
+  ProcessManagerBuilder b;
+  b.name("app");
+  for (int i = 0; i < 50; ++i)
+    b.pre_insert(std::make_shared<pm::test::Counted>(reads), ChildOptions{.heartbeat_timeout = 1h});
+  auto m = b.build();
+  SystemdNotifier n(m, {.socket = sd.where(), .watchdog = std::chrono::microseconds(20000)});
+  Running run(m);
+  auto done = start(run, n);
+  ASSERT_GE(sd.wait_for_text("READY=1"), 0);
+  std::ptrdiff_t fed = -1;
+  for (int round = 0; round < 10; ++round) {
+    fed = sd.wait_for_text("WATCHDOG=1", static_cast<std::size_t>(fed + 1));
+    ASSERT_GE(fed, 0);
+  }
+  EXPECT_EQ(reads.load(), 0);
+  run.stop();
+  EXPECT_EQ(run.finish(), nullptr);
+  EXPECT_EQ(done.wait_for(pm::test::hang_guard), std::future_status::ready);
 }
 
 TEST(systemd, stop_ends_a_notifier_whose_tree_never_ran) {

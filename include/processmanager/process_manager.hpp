@@ -22,6 +22,7 @@ class ProcessManager;
 namespace detail {
 class ManagerCore;
 class ManagerHandle;
+struct CoreAccess;
 }  // namespace detail
 
 /// One child's failure.
@@ -71,6 +72,24 @@ struct ChildOptions {
   /// watchdog and fails /livez. Staleness is reported, not acted on by the
   /// manager. Needs a handle that reports heartbeats (a guard's does).
   std::optional<std::chrono::nanoseconds> heartbeat_timeout{};
+};
+
+/// A tree's health in a few numbers (ProcessManager::health()): what the
+/// health probes and the systemd notifier need, at a cost that does not
+/// grow with the number of services.
+struct HealthSummary {
+  ChildState state = ChildState::stopped;  ///< the manager's own state
+  bool ready = false;                      ///< every child is ready (is_ready())
+  /// Services in the books, in nested managers too; the managers
+  /// themselves are not counted.
+  std::size_t services = 0;
+  std::size_t running = 0;         ///< of them, running now (not waiting for a restart)
+  std::size_t ready_services = 0;  ///< of them, ready
+  std::size_t restarting = 0;      ///< of them, waiting for a restart
+  /// Children (at any depth) whose heartbeat is older than their
+  /// ChildOptions::heartbeat_timeout, as ChildStatus::stale says.
+  std::size_t stale = 0;
+  std::vector<std::string> stale_paths{};  ///< their paths, sorted; empty when `stale` is 0
 };
 
 /// What a failing manager throws once all its children have ended.
@@ -174,7 +193,16 @@ class ProcessManager : public Runnable {
   /// wait_ready_blocking().
   void reload_blocking();
   /// A snapshot of the manager and its subtree (nested managers included).
+  /// It costs time and memory in proportion to the whole tree (every
+  /// child is copied, with its full path): for a probe, use health().
   ChildStatus status() const;
+  /// The tree's state, readiness, counts and stale heartbeats, without a
+  /// snapshot: one lock per manager in the tree, whatever the number of
+  /// services. Heartbeats are read only for children already found stale,
+  /// and for all children with a heartbeat_timeout once the earliest of
+  /// them could have run out (a heartbeat only ever moves its deadline
+  /// later). The stale children are those status() would mark stale.
+  HealthSummary health() const;
 
   /// Ends an observation when the last copy is dropped.
   using Observation = std::shared_ptr<void>;
@@ -221,6 +249,7 @@ class ProcessManager : public Runnable {
 
  private:
   friend class ProcessManagerBuilder;
+  friend struct detail::CoreAccess;  // the library's own readers of the core (the health server's /status)
   explicit ProcessManager(std::shared_ptr<detail::ManagerCore> core);
   void add_with(std::shared_ptr<Runnable> child, std::shared_ptr<const ChildOptions> options);
   /// Throws std::logic_error when this thread runs the executor of the

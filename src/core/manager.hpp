@@ -103,16 +103,31 @@ struct ChildNode final : ReadinessTarget, std::enable_shared_from_this<ChildNode
   // when forced. One field: each deadline only needs the latest.
   clock::time_point mark{};
   std::exception_ptr last_error{};
+  // The run's health books (health_books.hpp): its place in the list of
+  // children with a heartbeat_timeout and in that of children that may be
+  // nested managers, whether the last look found it stale, and its
+  // sequence number in the run (insertion order: where a sliced snapshot
+  // goes on from).
+  std::uint32_t beat_slot = 0;
+  std::uint32_t nest_slot = 0;
+  bool may_nest = false;
+  bool found_stale = false;
+  std::uint64_t seq = 0;
 
   /// Whether it runs with a heartbeat older than its heartbeat_timeout (the
   /// clock starting at its start), given its handle's last beat, read
   /// outside the lock. Under the manager's lock.
   bool stale(clock::time_point now, std::optional<clock::time_point> beat) const {
-    if (!options || !options->heartbeat_timeout || parked) return false;
-    if (state != ChildState::running && state != ChildState::ready && state != ChildState::starting) return false;
+    if (!beat_watched()) return false;
     auto last = run_started;
     if (beat && *beat > last) last = *beat;
     return now - last > *options->heartbeat_timeout;
+  }
+  /// Whether its heartbeat is judged now: it has a heartbeat_timeout and
+  /// runs (not stopping, ended, or waiting for a restart). Under the lock.
+  bool beat_watched() const {
+    if (!options || !options->heartbeat_timeout || parked) return false;
+    return state == ChildState::running || state == ChildState::ready || state == ChildState::starting;
   }
   std::chrono::nanoseconds timeout_or(std::chrono::nanoseconds grace) const {
     return options && options->shutdown_timeout ? *options->shutdown_timeout : grace;

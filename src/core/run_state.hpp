@@ -4,6 +4,7 @@
 // Actions after unlocking.
 #pragma once
 
+#include "health_books.hpp"
 #include "manager.hpp"
 
 namespace pm::detail {
@@ -95,6 +96,7 @@ class ManagerRun {
   std::size_t group_running = 0;         // group members told to stop and still running
   clock::time_point group_restart_at{};  // when the current group restarts
   RestartIntensity intensity;            // the manager's, under a restarting strategy
+  HealthBooks books;                     // what health() looks at (health_books.hpp)
 
   bool sequential() const { return core->order == StartOrder::sequential; }
 
@@ -107,6 +109,7 @@ class ManagerRun {
     if (head == nullptr) head = &n;
     n.linked = true;
     ++live;
+    books.add(n);
     if (n.options && (n.options->shutdown_timeout || n.options->start_timeout)) ++special;
   }
   /// Takes `n` off the books; returns the run's reference to it, to be
@@ -121,6 +124,7 @@ class ManagerRun {
     n.prev = n.next = nullptr;
     n.linked = false;
     --live;
+    books.remove(n);
     if (n.ready) --ready_count;
     if (n.options && (n.options->shutdown_timeout || n.options->start_timeout)) --special;
     return std::move(n.keep);
@@ -539,6 +543,7 @@ class ManagerRun {
     n.restart_pending = false;
     n.exited = false;
     n.run_started = now;
+    books.restarted(n);
     if (!n.told) {
       n.mark = now;
       set_state(n, ChildState::starting);
