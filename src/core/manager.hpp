@@ -288,6 +288,9 @@ class ManagerCore final : public std::enable_shared_from_this<ManagerCore> {
   ChildState self_state = ChildState::stopped;
   sys_clock::time_point self_since{};
   std::string self_error;
+  // What did not stop in the last run that ended ("inner/db" paths): a
+  // parent reads it when this manager, its child, ends without an error.
+  std::vector<std::string> last_not_stopped;
   std::function<void(bool)> ready_watch;               // watch_readiness() on our handle
   std::weak_ptr<ReadinessTarget> ready_target;         // our node in a parent manager
   std::shared_ptr<const PathLink> where;               // our place: "app/<name>" when we run as a child of "app"

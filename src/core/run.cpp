@@ -3,6 +3,7 @@
 #include <typeinfo>
 
 #include "run_state.hpp"
+#include "snapshot.hpp"
 
 namespace pm::detail {
 
@@ -200,6 +201,15 @@ void child_ended(const std::shared_ptr<ChildNode>& node, const std::exception_pt
     end.timed_out = true;
   } else if (e) {
     end.failures = failures_of(core.name, node->name, e, collateral, &end.nested_not_stopped);
+  } else if (const auto inner = nested_core(node->handle)) {
+    // A nested manager that ended cleanly throws no ProcessError to carry
+    // what did not stop in it; its run left that on its core.
+    std::vector<std::string> paths;
+    {
+      std::lock_guard lock(inner->mu);
+      paths = inner->last_not_stopped;
+    }
+    for (auto& p : paths) end.nested_not_stopped.push_back(std::string(core.name).append("/").append(p));
   }
   ReadyNotice readiness;
   {
@@ -354,6 +364,7 @@ std::shared_ptr<ChildNode> start_child(const std::shared_ptr<ManagerRun>& run, s
                                           run->base, std::move(options));
   node->watches = watch(*node, run);
   bool stop_now = false;
+  bool force_now = false;
   ReadyNotice readiness;
   {
     std::lock_guard lock(core.mu);
@@ -377,6 +388,10 @@ std::shared_ptr<ChildNode> start_child(const std::shared_ptr<ManagerRun>& run, s
       node->told = true;
       node->mark = now;
       node->state = ChildState::stopping;
+      // Added after the manager cancelled its children: cancelled as they
+      // were, and abandoned with them at the same bound.
+      force_now = run->forcing;
+      if (force_now) node->forced = true;
     }
     if (run->special > 0) run->poke();  // its start timeout joins the deadlines
     run->update_ready(readiness);       // a new child makes the manager not ready
@@ -406,6 +421,7 @@ std::shared_ptr<ChildNode> start_child(const std::shared_ptr<ManagerRun>& run, s
     return node;
   }
   spawn(node, std::move(body), false);
+  if (force_now) force({node});  // queued behind its start on its strand
   return node;
 }
 
@@ -631,6 +647,7 @@ asio::awaitable<void> run_manager(std::shared_ptr<ManagerCore> core) {
     waiters.swap(run->stopped_waiters);
     failures = run->failures;
     not_stopped = run->not_stopped;
+    core->last_not_stopped = not_stopped;
     core->set_self(failures.empty() ? ChildState::stopped : ChildState::failed);
     core->finished = true;
     if (!failures.empty()) core->self_error = describe(failures.front());

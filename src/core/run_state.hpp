@@ -509,6 +509,7 @@ class ManagerRun {
       set_state(*node, ChildState::failed, end.error);
       begin_stop(now, act);
     } else {
+      not_stopped.insert(not_stopped.end(), end.nested_not_stopped.begin(), end.nested_not_stopped.end());
       set_state(*node, ChildState::stopped, {}, late ? "ended after its manager had abandoned it" : std::string());
       if (!core->auto_cleanup) ++core->finished_kept;
       if (node->options && node->options->significant && !stopping) {
