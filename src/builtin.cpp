@@ -386,6 +386,7 @@ struct RestartSupervisor::State final : ProcessControlHandler,
     return child_handle;
   }
   std::size_t supervised_restarts() const noexcept override { return restarts.load(); }
+  std::shared_ptr<Runnable> supervised_runnable() const override { return supervised.lock(); }
 
   // From the child's handle, relayed upwards (never under our lock).
   void on_ready(bool declared) override {
@@ -448,6 +449,25 @@ struct RestartSupervisor::State final : ProcessControlHandler,
   std::function<void(bool)> watcher_fn;                 // under mu
   std::atomic<std::size_t> restarts{0};
   std::atomic<std::int64_t> last_backoff_ns{0};
+  EventHook hook;                        // under mu
+  std::weak_ptr<Runnable> supervised{};  // set once, before the handle is shared
+
+  /// Hands `ev` to the hook, outside the lock; drops what it throws.
+  void emit(Event ev) const {
+    EventHook h;
+    {
+      std::lock_guard lock(mu);
+      h = hook;
+    }
+    if (!h) return;
+    ev.path = name;
+    ev.time = std::chrono::floor<std::chrono::microseconds>(std::chrono::system_clock::now());  // as a manager's
+    try {
+      h(ev);
+    } catch (...) {
+      // As a manager's hook: an exception stops nothing.
+    }
+  }
 };
 
 RestartSupervisor::RestartSupervisor(std::shared_ptr<Runnable> child, RestartOptions options)
@@ -456,6 +476,7 @@ RestartSupervisor::RestartSupervisor(std::shared_ptr<Runnable> child, RestartOpt
   const auto name = child_->process_name();
   validate(options_, "RestartSupervisor of '" + name + "'");
   state_ = std::make_shared<State>(name);
+  state_->supervised = child_;
 }
 
 RestartSupervisor::~RestartSupervisor() = default;
@@ -465,6 +486,11 @@ std::string RestartSupervisor::process_name() const { return state_->name; }
 std::shared_ptr<ProcessControlHandler> RestartSupervisor::process_handle() { return state_; }
 
 std::size_t RestartSupervisor::restarts() const noexcept { return state_->restarts.load(); }
+
+void RestartSupervisor::on_event(EventHook hook) {
+  std::lock_guard lock(state_->mu);
+  state_->hook = std::move(hook);
+}
 
 std::chrono::nanoseconds RestartSupervisor::last_backoff() const noexcept {
   return std::chrono::nanoseconds(state_->last_backoff_ns.load());
@@ -532,6 +558,11 @@ asio::awaitable<void> RestartSupervisor::process_start() {
       const std::string reason = intensity.exceeded();
       log_line(LogLevel::error, state->name, reason + "; gave up");
       if (!error) error = std::make_exception_ptr(std::runtime_error("ended normally (permanent restart policy)"));
+      Event ev;
+      ev.kind = EventKind::give_up;
+      ev.cause = error;
+      ev.detail = reason;
+      state->emit(std::move(ev));
       throw ProcessError(state->name, error, {}, reason);
     }
     if (now - started >= opts.reset_after) attempt = 0;
@@ -542,6 +573,14 @@ asio::awaitable<void> RestartSupervisor::process_start() {
     log_line(LogLevel::warn, state->name,
              (error ? describe(error) : std::string("ended")) + "; restarting in " + millis(backoff) + " (restart " +
                  std::to_string(state->restarts.load()) + ")");
+    {
+      Event ev;
+      ev.kind = EventKind::restart;
+      ev.cause = error;
+      ev.backoff = backoff;
+      ev.detail = error ? "failed" : "ended; permanent";  // as a manager words it
+      state->emit(std::move(ev));
+    }
 
     // The backoff wait: set up under the lock, so that a shutdown either
     // sees the timer and cancels it or is seen here first.

@@ -444,6 +444,12 @@ asio::awaitable<void> session(std::shared_ptr<State> s, Registration registratio
 
 }  // namespace
 
+ChildFactory health_server(HealthOptions options, std::string name) {
+  return [options = std::move(options), name = std::move(name)](const std::shared_ptr<ProcessManager>& tree) {
+    return std::make_shared<HealthServer>(tree, options, name);
+  };
+}
+
 HealthServer::HealthServer(const std::shared_ptr<ProcessManager>& tree, HealthOptions options, std::string name) {
   if (!tree) throw std::invalid_argument("HealthServer '" + name + "': the tree is null");
   if (options.request_timeout.count() <= 0 || options.header_timeout.count() <= 0 || options.max_request_bytes == 0 ||

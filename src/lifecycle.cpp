@@ -53,7 +53,7 @@ LogLevel level_of(const Event& event) noexcept {
     case EventKind::state:
       break;
   }
-  switch (event.state) {
+  switch (event.state.value_or(ChildState::running)) {  // a state event always has one
     case ChildState::failed:
     case ChildState::abandoned:
       return LogLevel::error;
@@ -82,16 +82,24 @@ std::string describe(const Event& event) {
         if (!event.detail.empty()) out += " (" + event.detail + ")";
         return out;
       }
-      out = event.previous == event.state
-                ? std::string(to_string(event.state))
-                : std::string(to_string(event.previous)) + " -> " + std::string(to_string(event.state));
+      if (!event.state) {
+        out = "state unknown";
+      } else if (!event.previous || event.previous == event.state) {
+        out = to_string(*event.state);
+      } else {
+        out.append(to_string(*event.previous)).append(" -> ").append(to_string(*event.state));
+      }
       break;
     case EventKind::control:
-      out = "control: " + std::string(to_string(event.control));
+      out = "control: ";
+      out.append(event.control ? to_string(*event.control) : std::string_view("unknown"));
       break;
     case EventKind::restart:
       out = "restart in " +
-            std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(event.backoff).count()) + " ms";
+            std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(
+                               event.backoff.value_or(std::chrono::nanoseconds(0)))
+                               .count()) +
+            " ms";
       if (event.cause) out += " after: " + describe(event.cause);
       break;
     case EventKind::give_up:

@@ -49,8 +49,22 @@ ProcessManager::ProcessManager(std::shared_ptr<detail::ManagerCore> core)
 
 ProcessManager::~ProcessManager() = default;
 
-void ProcessManager::adopt(const Runnable& child) const {
-  const auto* nested = dynamic_cast<const ProcessManager*>(&child);
+void ProcessManager::adopt(Runnable& child) const {
+  // A manager inside supervisors (RestartSupervisor) belongs to this tree
+  // as much as one inserted bare. The bound guards against a supervisor of
+  // itself.
+  const ProcessManager* nested = nullptr;
+  std::shared_ptr<Runnable> held;  // keeps the supervised runnable while it is looked at
+  Runnable* r = &child;
+  for (int hops = 0; r != nullptr && hops < 64; ++hops) {
+    nested = dynamic_cast<const ProcessManager*>(r);
+    if (nested != nullptr) break;
+    const auto handle = r->process_handle();
+    const auto* sup = dynamic_cast<const detail::Supervising*>(handle.get());
+    if (sup == nullptr) return;
+    held = sup->supervised_runnable();
+    r = held.get();
+  }
   if (nested == nullptr) return;
   const auto& inner = nested->core_;
   if (inner == core_) {
@@ -295,14 +309,30 @@ ProcessManagerBuilder& ProcessManagerBuilder::auto_cleanup(bool on) {
 
 ProcessManagerBuilder& ProcessManagerBuilder::pre_insert(std::shared_ptr<Runnable> child) {
   if (!child) throw std::invalid_argument("ProcessManagerBuilder '" + name_ + "': pre_insert() of a null runnable");
-  children_.emplace_back(std::move(child), nullptr);
+  children_.push_back(Planned{std::move(child), nullptr, {}, std::nullopt});
+  return *this;
+}
+
+ProcessManagerBuilder& ProcessManagerBuilder::pre_insert_with(ChildFactory make) {
+  return plan_factory(std::move(make), std::nullopt);
+}
+
+ProcessManagerBuilder& ProcessManagerBuilder::pre_insert_with(ChildFactory make, ChildOptions options) {
+  return plan_factory(std::move(make), std::move(options));
+}
+
+ProcessManagerBuilder& ProcessManagerBuilder::plan_factory(ChildFactory make, std::optional<ChildOptions> options) {
+  if (!make) {
+    throw std::invalid_argument("ProcessManagerBuilder '" + name_ + "': pre_insert_with() of an empty factory");
+  }
+  children_.push_back(Planned{nullptr, nullptr, std::move(make), std::move(options)});
   return *this;
 }
 
 ProcessManagerBuilder& ProcessManagerBuilder::pre_insert(std::shared_ptr<Runnable> child, ChildOptions options) {
   if (!child) throw std::invalid_argument("ProcessManagerBuilder '" + name_ + "': pre_insert() of a null runnable");
   auto opts = checked(name_, *child, options);
-  children_.emplace_back(std::move(child), std::move(opts));
+  children_.push_back(Planned{std::move(child), std::move(opts), {}, std::nullopt});
   return *this;
 }
 
@@ -343,11 +373,22 @@ std::shared_ptr<ProcessManager> ProcessManagerBuilder::build() {
       .hook = hook_,
   });
   auto manager = std::shared_ptr<ProcessManager>(new ProcessManager(std::move(core)));
-  for (const auto& [child, options] : children_) {
-    if (options) {
-      manager->insert(child, *options);
+  for (const auto& planned : children_) {
+    if (planned.make) {
+      auto child = planned.make(manager);
+      if (!child) {
+        throw std::invalid_argument("ProcessManagerBuilder '" + manager->process_name() +
+                                    "': a pre_insert_with() factory returned null");
+      }
+      if (planned.make_options) {
+        manager->insert(std::move(child), *planned.make_options);
+      } else {
+        manager->insert(std::move(child));
+      }
+    } else if (planned.options) {
+      manager->insert(planned.child, *planned.options);
     } else {
-      manager->insert(child);
+      manager->insert(planned.child);
     }
   }
   return manager;

@@ -317,8 +317,8 @@ asio::awaitable<void> SystemdNotifier::run() {
       reloading = true;
       // The reload is handed out; the tree may well be ready still.
       if (tree.is_ready()) on_state(ChildState::ready);
-    } else if (e->kind == EventKind::state) {
-      on_state(e->state);
+    } else if (e->kind == EventKind::state && e->state) {
+      on_state(*e->state);
     }
   }
 }

@@ -83,7 +83,7 @@ inline std::string story_of(const EventRecorder& rec, const std::string& path) {
     out += std::string(pm::to_string(e.kind));
     // Appended piece by piece: g++ 12 at -O3 reports a false -Wrestrict on
     // "literal" + std::string (make release-check).
-    if (e.kind == EventKind::state) out.append(":").append(pm::to_string(e.state));
+    if (e.kind == EventKind::state) out.append(":").append(pm::to_string(e.state.value()));
     if (!e.detail.empty()) out.append("(").append(e.detail).append(")");
     out += "; ";
   }

@@ -227,7 +227,7 @@ class EventRecorder {
     for (const auto& e : events()) {
       if (e.path != path) continue;
       if (e.kind == EventKind::state) {
-        out.push_back("state:" + std::string(to_string(e.state)));
+        out.push_back("state:" + std::string(to_string(e.state.value())));
       } else {
         out.push_back(std::string(to_string(e.kind)));
       }

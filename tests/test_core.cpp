@@ -141,7 +141,7 @@ TEST(core_readiness, a_sequential_manager_is_never_ready_before_its_last_child_h
   std::mutex mu;
   auto token = m->observe([&](const pm::Event& e) {
     std::lock_guard lock(mu);
-    if (e.kind == EventKind::state) own.push_back(e.state);
+    if (e.kind == EventKind::state) own.push_back(e.state.value());
   });
   Running run(m);
   ASSERT_TRUE(j->wait_for("start last"));
@@ -618,8 +618,8 @@ TEST(core_events, process_start_completes_only_after_every_event_was_delivered) 
       // What a user hook does: read the cause's text.
       const std::string text = e.cause ? pm::describe(e.cause) : std::string();
       std::lock_guard lock(mu);
-      seen.push_back(e.path + " " + std::string(to_string(e.kind)) + " " + std::string(to_string(e.state)) + " " +
-                     text);
+      seen.push_back(e.path + " " + std::string(to_string(e.kind)) + " " +
+                     (e.state ? std::string(to_string(*e.state)) : std::string("-")) + " " + text);
     };
     auto quit = std::make_shared<std::atomic<bool>>(false);
     auto stuck = pm::make_blocking_runnable("stuck", [quit](pm::BlockingContext&) {

@@ -80,6 +80,55 @@ struct Tree {
   }
 };
 
+TEST(health, a_server_made_in_the_builder_chain_serves_the_tree_it_is_built_into) {
+  auto j = std::make_shared<Journal>();
+  auto db = std::make_shared<Probe>("db", j);
+  std::promise<std::uint16_t> listening;
+  HealthOptions options;
+  options.on_listening = [&listening](std::uint16_t port) { listening.set_value(port); };
+  auto m = ProcessManagerBuilder()
+               .name("app")
+               .start_order(StartOrder::sequential)
+               .pre_insert(db)
+               .pre_insert_with(pm::health_server(std::move(options), "probes"))
+               .build();
+  Running run(m);
+  auto port = listening.get_future();
+  ASSERT_EQ(port.wait_for(pm::test::hang_guard), std::future_status::ready);
+  ASSERT_TRUE(run.wait_ready());
+  const auto r = get(port.get(), "/status");
+  ASSERT_EQ(status_of(r), 200) << r;
+  const auto status = pm::status_from_json(boost::json::parse(body_of(r)));
+  ASSERT_EQ(status.children.size(), 2u);
+  EXPECT_EQ(status.children[0].path, "app/db");  // in its place in the chain
+  EXPECT_EQ(status.children[1].path, "app/probes");
+  run.stop();
+  EXPECT_EQ(run.finish(), nullptr);
+}
+
+TEST(health, the_builder_refuses_an_empty_or_null_factory_and_bad_options_by_name) {
+  EXPECT_THROW(ProcessManagerBuilder().name("app").pre_insert_with(pm::ChildFactory{}), std::invalid_argument);
+  auto null_maker = ProcessManagerBuilder().name("app").pre_insert_with(
+      [](const std::shared_ptr<pm::ProcessManager>&) { return std::shared_ptr<pm::Runnable>(); });
+  try {
+    null_maker.build();
+    ADD_FAILURE() << "a factory that returns null was accepted";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("'app'"), std::string::npos) << e.what();
+  }
+  auto bad =
+      ProcessManagerBuilder().name("app").pre_insert_with(pm::health_server(HealthOptions{.max_connections = 0}));
+  try {
+    bad.build();
+    ADD_FAILURE() << "max_connections = 0 was accepted";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("HealthServer 'health'"), std::string::npos) << e.what();
+  }
+  auto negative =
+      ProcessManagerBuilder().name("app").pre_insert_with(pm::health_server(), ChildOptions{.shutdown_timeout = -1s});
+  EXPECT_THROW(negative.build(), std::invalid_argument);
+}
+
 TEST(health, the_endpoints_follow_the_tree_from_start_through_draining) {
   Tree t;
   Running run(t.manager);

@@ -142,6 +142,7 @@ class Supervised final : public pm::Runnable {
       return inner_;
     }
     std::size_t supervised_restarts() const noexcept override { return 0; }
+    std::shared_ptr<pm::Runnable> supervised_runnable() const override { return nullptr; }
 
    private:
     std::shared_ptr<pm::ProcessControlHandler> inner_;

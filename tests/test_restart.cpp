@@ -216,4 +216,49 @@ TEST(restart_supervisor, bad_options_are_rejected_with_invalid_argument) {
   EXPECT_THROW(RestartSupervisor(nullptr), std::invalid_argument);
 }
 
+TEST(restart_supervisor, its_hook_hears_each_restart_and_the_give_up_before_the_run_completes) {
+  // A standalone supervisor (no manager around it): its restarts and its
+  // give-up reach its own hook, in order, all before process_start() ends.
+  auto child = std::make_shared<Flaky>(1000);
+  auto opts = fast();
+  opts.max_restarts = 2;
+  auto sup = std::make_shared<RestartSupervisor>(child, opts);
+  std::vector<pm::Event> seen;  // the run is on one thread: the hook's and ours
+  sup->on_event([&seen](const pm::Event& e) {
+    seen.push_back(e);
+    throw std::runtime_error("a hook that throws stops nothing");
+  });
+  EXPECT_THROW(run_coro(sup->process_start()), pm::ProcessError);
+  ASSERT_EQ(seen.size(), 3u);
+  for (std::size_t i = 0; i < 2; ++i) {
+    EXPECT_EQ(seen[i].kind, pm::EventKind::restart);
+    EXPECT_EQ(seen[i].path, "worker");
+    EXPECT_EQ(seen[i].detail, "failed");
+    EXPECT_EQ(pm::describe(seen[i].cause), "flaky run " + std::to_string(i + 1));
+    EXPECT_EQ(seen[i].backoff, i == 0 ? 1ms : 2ms);
+    EXPECT_NE(seen[i].time, std::chrono::system_clock::time_point{});
+  }
+  EXPECT_EQ(seen[2].kind, pm::EventKind::give_up);
+  EXPECT_NE(seen[2].detail.find("restart intensity exceeded"), std::string::npos) << seen[2].detail;
+  EXPECT_EQ(pm::describe(seen[2].cause), "flaky run 3");
+  EXPECT_EQ(sup->restarts(), 2u);
+}
+
+TEST(restart_supervisor, its_hook_hears_a_permanent_childs_normal_end_and_may_be_removed) {
+  auto child = std::make_shared<Flaky>(2, /*return_normally=*/true);
+  auto sup = std::make_shared<RestartSupervisor>(child, fast(RestartPolicy::permanent));
+  std::vector<pm::Event> seen;
+  sup->on_event([&seen, &sup](const pm::Event& e) {
+    seen.push_back(e);
+    sup->on_event(nullptr);  // calls back in: taken outside the lock
+  });
+  auto error = supervise(sup, child, 3, [](pm::ProcessManager& m) { m.process_handle()->request_shutdown(); });
+  EXPECT_EQ(error, nullptr);
+  ASSERT_EQ(seen.size(), 1u);  // the second restart found no hook
+  EXPECT_EQ(seen[0].kind, pm::EventKind::restart);
+  EXPECT_EQ(seen[0].cause, nullptr);
+  EXPECT_EQ(seen[0].detail, "ended; permanent");
+  EXPECT_EQ(sup->restarts(), 2u);
+}
+
 }  // namespace

@@ -15,6 +15,35 @@ using namespace pm::test::lifecycle;
 
 // ---------------------------------------------------------------- options
 
+TEST(child_options, designated_initialisers_go_what_first_then_when_as_documented) {
+  // docs/supervision.md's one-expression form: if the fields' order
+  // changes, this stops compiling.
+  const ChildOptions o{.restart = {{.policy = pm::RestartPolicy::permanent,
+                                    .max_restarts = 5,
+                                    .window = 1min,
+                                    .backoff = {.initial = 50ms, .max = 5s},
+                                    .reset_after = 1min}},
+                       .significant = false,
+                       .explicit_ready = true,
+                       .start_timeout = 30s,
+                       .heartbeat_timeout = 10s,
+                       .shutdown_timeout = 5s};
+  ASSERT_TRUE(o.restart.has_value());
+  EXPECT_EQ(o.restart->policy, pm::RestartPolicy::permanent);
+  EXPECT_EQ(o.restart->max_restarts, 5u);
+  EXPECT_EQ(o.restart->window, 1min);
+  EXPECT_EQ(o.restart->backoff.initial, 50ms);
+  EXPECT_EQ(o.restart->backoff.factor, 2.0);  // the default between two given fields
+  EXPECT_EQ(o.restart->backoff.max, 5s);
+  EXPECT_EQ(o.restart->reset_after, 1min);
+  EXPECT_TRUE(o.explicit_ready);
+  EXPECT_EQ(o.start_timeout, 30s);
+  EXPECT_EQ(o.heartbeat_timeout, 10s);
+  EXPECT_EQ(o.shutdown_timeout, 5s);
+  auto j = std::make_shared<Journal>();
+  EXPECT_NO_THROW(ProcessManagerBuilder().name("m").pre_insert(std::make_shared<Probe>("db", j), o).build());
+}
+
 TEST(child_options, bad_options_are_refused_with_the_childs_name) {
   auto j = std::make_shared<Journal>();
   ChildOptions neg;

@@ -554,7 +554,7 @@ TEST(transitions, forever_is_forever_and_never_overflows) {
   constexpr auto forever = std::chrono::nanoseconds::max();
   Books b({.strategy = Strategy::one_for_one, .window = forever, .grace = forever, .abandon = forever});
   b.add("a", ChildOptions{.restart = RestartOptions{.backoff = {.initial = forever, .factor = 2.0, .max = forever}}});
-  b.add("b", ChildOptions{.shutdown_timeout = forever, .start_timeout = forever});
+  b.add("b", ChildOptions{.start_timeout = forever, .shutdown_timeout = forever});
   b.end(b["a"], true);
   EXPECT_EQ(b.run->next_deadline(), clock::time_point::max());
   b.now = b.t0 + std::chrono::hours(24 * 365 * 100);

@@ -88,4 +88,10 @@ class HealthServer : public Runnable {
   std::shared_ptr<detail::HealthState> state_;
 };
 
+/// A HealthServer for the manager being built, in the builder's chain:
+/// `ProcessManagerBuilder().name("app").pre_insert(db)
+/// .pre_insert_with(pm::health_server({.port = 8080})).build()`. The
+/// options are checked when build() makes it (std::invalid_argument).
+ChildFactory health_server(HealthOptions options = {}, std::string name = "health");
+
 }  // namespace pm

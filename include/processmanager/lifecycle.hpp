@@ -41,17 +41,19 @@ enum class EventKind {
 /// "state", "control", ...
 std::string_view to_string(EventKind kind) noexcept;
 
-/// One thing that happened to one child.
+/// One thing that happened to one child. A field that belongs to other
+/// kinds is empty (std::nullopt), never a default that reads as a value;
+/// `e.state == ChildState::ready` is simply false on a control event.
 struct Event {
-  EventKind kind = EventKind::state;             ///< what happened
-  std::string path;                              ///< "root/db/writer"
-  std::chrono::system_clock::time_point time{};  ///< when it happened
-  ChildState state = ChildState::starting;       ///< the new state (kind state)
-  ChildState previous = ChildState::starting;    ///< the old state (kind state)
-  std::exception_ptr cause{};                    ///< the failure behind it, if any
-  std::chrono::nanoseconds backoff{};            ///< the wait before a restart (kind restart)
-  ControlKind control = ControlKind::shutdown;   ///< the message (kind control)
-  std::string detail{};                          ///< a few words more, for people
+  EventKind kind = EventKind::state;                  ///< what happened
+  std::string path;                                   ///< "root/db/writer"
+  std::chrono::system_clock::time_point time{};       ///< when it happened
+  std::optional<ChildState> state{};                  ///< the new state (kind state only)
+  std::optional<ChildState> previous{};               ///< the old state (kind state only)
+  std::exception_ptr cause{};                         ///< the failure behind it, if any
+  std::optional<std::chrono::nanoseconds> backoff{};  ///< the wait before a restart (kind restart only)
+  std::optional<ControlKind> control{};               ///< the message (kind control only)
+  std::string detail{};                               ///< a few words more, for people
 };
 
 /// Severity of a log line.

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstddef>
 #include <exception>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -47,11 +48,11 @@ enum class Strategy {
   rest_for_one,  ///< the failed child and those inserted after it are stopped and restarted
 };
 
-/// Options for one child of a manager.
+/// Options for one child of a manager. The fields go what first, then
+/// when (start, run, stop), the order designated initialisers must follow:
+/// `ChildOptions{.restart = {{.policy = RestartPolicy::permanent}},
+/// .start_timeout = 5s, .shutdown_timeout = 10s}`.
 struct ChildOptions {
-  /// How long shutdown waits for this child before cancelling it; replaces
-  /// the manager's grace period for it.
-  std::optional<std::chrono::nanoseconds> shutdown_timeout{};
   /// How the child is restarted; the manager restarts it itself with this
   /// policy and backoff under every strategy. Under Strategy::stop_all its
   /// own max_restarts within its window limit it; under the other
@@ -61,17 +62,20 @@ struct ChildOptions {
   std::optional<RestartOptions> restart{};
   /// Its normal end shuts the whole manager down (Erlang's significant child).
   bool significant = false;
+  /// Only its own ready() call makes it ready, not merely having a ticker.
+  bool explicit_ready = false;
   /// It must be ready this soon after it starts, or it fails the manager
   /// with "did not become ready within ...".
   std::optional<std::chrono::nanoseconds> start_timeout{};
-  /// Only its own ready() call makes it ready, not merely having a ticker.
-  bool explicit_ready = false;
   /// It must call heartbeat() (RuntimeGuard, RuntimeContext) at least this
   /// often while it runs (the clock starts when it starts); otherwise it is
   /// reported stale (ChildStatus::stale), which holds back the systemd
   /// watchdog and fails /livez. Staleness is reported, not acted on by the
   /// manager. Needs a handle that reports heartbeats (a guard's does).
   std::optional<std::chrono::nanoseconds> heartbeat_timeout{};
+  /// How long shutdown waits for this child before cancelling it; replaces
+  /// the manager's grace period for it.
+  std::optional<std::chrono::nanoseconds> shutdown_timeout{};
 };
 
 /// A tree's health in a few numbers (ProcessManager::health()): what the
@@ -80,8 +84,10 @@ struct ChildOptions {
 struct HealthSummary {
   ChildState state = ChildState::stopped;  ///< the manager's own state
   bool ready = false;                      ///< every child is ready (is_ready())
-  /// Services in the books, in nested managers too; the managers
-  /// themselves are not counted.
+  /// Services in the books, in nested managers too; a running nested
+  /// manager is not counted itself (its children are), one between runs
+  /// (waiting for its restart, say) counts as one service, having no
+  /// children to show.
   std::size_t services = 0;
   std::size_t running = 0;         ///< of them, running now (not waiting for a restart)
   std::size_t ready_services = 0;  ///< of them, ready
@@ -258,10 +264,14 @@ class ProcessManager : public Runnable {
   /// Refuses (std::logic_error, naming both) a child manager that is this
   /// one, one of its ancestors, or already in another tree; else records
   /// this manager as its owner.
-  void adopt(const Runnable& child) const;
+  void adopt(Runnable& child) const;
   std::shared_ptr<detail::ManagerCore> core_;
   std::shared_ptr<detail::ManagerHandle> handle_;
 };
+
+/// Makes a child that needs the manager it goes into (a HealthServer, say);
+/// ProcessManagerBuilder::pre_insert_with() calls it from build().
+using ChildFactory = std::function<std::shared_ptr<Runnable>(const std::shared_ptr<ProcessManager>&)>;
 
 /// Configures and builds a ProcessManager.
 class ProcessManagerBuilder {
@@ -279,6 +289,13 @@ class ProcessManagerBuilder {
   ProcessManagerBuilder& pre_insert(std::shared_ptr<Runnable> child);
   /// pre_insert() with options (see ProcessManager::insert).
   ProcessManagerBuilder& pre_insert(std::shared_ptr<Runnable> child, ChildOptions options);
+  /// A child made by `make` from the built manager, in build(), in its
+  /// place among the pre_insert()ed children (start order). Throws
+  /// std::invalid_argument for an empty factory here, and from build()
+  /// when it returns null; what it throws, build() throws.
+  ProcessManagerBuilder& pre_insert_with(ChildFactory make);
+  /// pre_insert_with() with options, checked once the child exists.
+  ProcessManagerBuilder& pre_insert_with(ChildFactory make, ChildOptions options);
   /// Concurrent (default) or sequential start and stop.
   ProcessManagerBuilder& start_order(StartOrder order);
   /// Receives every event of this manager and its subtree, in order.
@@ -302,7 +319,15 @@ class ProcessManagerBuilder {
   std::size_t max_restarts_ = 3;
   std::chrono::nanoseconds window_ = std::chrono::seconds(5);
   EventHook hook_;
-  std::vector<std::pair<std::shared_ptr<Runnable>, std::shared_ptr<const ChildOptions>>> children_;
+  ProcessManagerBuilder& plan_factory(ChildFactory make, std::optional<ChildOptions> options);
+  /// A child given to pre_insert(), or one to make in build().
+  struct Planned {
+    std::shared_ptr<Runnable> child;
+    std::shared_ptr<const ChildOptions> options;
+    ChildFactory make;
+    std::optional<ChildOptions> make_options;  // checked once made
+  };
+  std::vector<Planned> children_;
 };
 
 }  // namespace pm

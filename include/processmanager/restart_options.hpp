@@ -25,16 +25,19 @@ struct Backoff {
   bool jitter = false;                                                ///< full jitter: uniform in [0, wait]
 };
 
-/// A RestartSupervisor's configuration.
+/// A RestartSupervisor's (or a child's) restart configuration. The fields
+/// go what first, then when, the order designated initialisers must
+/// follow: `{.policy = RestartPolicy::permanent, .max_restarts = 5,
+/// .window = 10s, .backoff = {.initial = 50ms}}`.
 struct RestartOptions {
   RestartPolicy policy = RestartPolicy::transient;  ///< which ends are restarted
-  Backoff backoff{};                                ///< the wait before each restart
-  /// A child that ran this long without failing starts its backoff afresh.
-  std::chrono::nanoseconds reset_after = std::chrono::seconds(30);
   /// More than this many restarts within `window` gives up (Erlang's
   /// intensity and period).
   std::size_t max_restarts = 3;
   std::chrono::nanoseconds window = std::chrono::seconds(5);  ///< the period max_restarts counts over
+  Backoff backoff{};                                          ///< the wait before each restart
+  /// A child that ran this long without failing starts its backoff afresh.
+  std::chrono::nanoseconds reset_after = std::chrono::seconds(30);
 };
 
 /// The wait before restart number `attempt` (1 for the first since the

@@ -97,6 +97,7 @@ class ManagerRun {
   clock::time_point group_restart_at{};  // when the current group restarts
   RestartIntensity intensity;            // the manager's, under a restarting strategy
   HealthBooks books;                     // what health() looks at (health_books.hpp)
+  std::size_t restarts_under_way = 0;    // taken off `parked`, their restart not begun yet
 
   bool sequential() const { return core->order == StartOrder::sequential; }
 
@@ -124,6 +125,7 @@ class ManagerRun {
     n.prev = n.next = nullptr;
     n.linked = false;
     --live;
+    if (n.restart_pending) --restarts_under_way;
     books.remove(n);
     if (n.ready) --ready_count;
     if (n.options && (n.options->shutdown_timeout || n.options->start_timeout)) --special;
@@ -385,6 +387,7 @@ class ManagerRun {
       parked.erase(std::find(parked.begin(), parked.end(), n));
       n->parked = false;
       n->restart_pending = true;
+      ++restarts_under_way;
       act.restart.push_back(n->keep);
       if (sequential()) break;
     }
@@ -541,6 +544,7 @@ class ManagerRun {
   /// it must be told to stop at once (the manager's stop or its group's
   /// reached it while the restart was on its way). Under core->mu.
   bool on_restarted(ChildNode& n, clock::time_point now) {
+    if (n.restart_pending && n.linked) --restarts_under_way;  // unlink() counted it out
     n.restart_pending = false;
     n.exited = false;
     n.run_started = now;

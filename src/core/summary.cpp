@@ -31,19 +31,31 @@ struct Look {
   std::vector<std::string> stale;  // the names of its stale children
 };
 
+/// The run's counts into `out`. Under core->mu.
+void count(const ManagerRun& run, Look& out) {
+  out.services = run.live;
+  // Waiting out a backoff, or on the way to its new start: restarting
+  // either way, as status() shows it until the new run has begun.
+  out.restarting = run.parked.size() + run.restarts_under_way;
+  out.running = run.live - out.restarting;
+  out.ready = run.ready_count;
+}
+
 /// Reads the heartbeats of `nodes` (after the lock: a handle is user code),
 /// books what they say under the lock again, and returns the names of the
-/// manager's stale children. `full`: every child with a heartbeat_timeout
-/// was read, so the quiet time is set anew.
-std::vector<std::string> judge(ManagerCore& core, const std::shared_ptr<ManagerRun>& run,
-                               const std::vector<std::shared_ptr<ChildNode>>& nodes, bool full,
-                               std::uint64_t linked_before, clock::time_point now) {
+/// manager's stale children into `out.stale`, with its counts taken anew
+/// under the same lock, so that the two agree. `full`: every child with a
+/// heartbeat_timeout was read, so the quiet time is set anew.
+void judge(ManagerCore& core, const std::shared_ptr<ManagerRun>& run,
+           const std::vector<std::shared_ptr<ChildNode>>& nodes, bool full, std::uint64_t linked_before,
+           clock::time_point now, Look& out) {
   std::vector<std::optional<clock::time_point>> beats;
   beats.reserve(nodes.size());
   for (const auto& n : nodes) beats.push_back(n->handle->last_heartbeat());
-  std::vector<std::string> names;
+  std::vector<std::string>& names = out.stale;
   std::lock_guard lock(core.mu);
-  if (core.current.lock() != run) return names;  // the run ended meanwhile, and its children with it
+  if (core.current.lock() != run) return;  // the run ended meanwhile: the counts taken before stand
+  count(*run, out);
   HealthBooks& books = run->books;
   clock::time_point quiet = clock::time_point::max();
   for (std::size_t i = 0; i < nodes.size(); ++i) {
@@ -80,9 +92,13 @@ std::vector<std::string> judge(ManagerCore& core, const std::shared_ptr<ManagerR
     // nor are their deadlines in `quiet`: look at all of them next time.
     books.quiet_until = std::min(quiet, now);
   }
+  // The list may hold children another call found stale since this one
+  // read its heartbeats; one that has since stopped being watched (told to
+  // stop, ended, waiting for a restart) is not stale now, whoever found it.
   names.reserve(books.stale.size());
-  for (const ChildNode* n : books.stale) names.push_back(n->name);
-  return names;
+  for (const ChildNode* n : books.stale) {
+    if (n->beat_watched()) names.push_back(n->name);
+  }
 }
 
 Look look_at(ManagerCore& core) {
@@ -97,10 +113,7 @@ Look look_at(ManagerCore& core) {
     run = core.current.lock();
     if (!run) return out;
     out.run = run;
-    out.services = run->live;
-    out.restarting = run->parked.size();
-    out.running = run->live - run->parked.size();
-    out.ready = run->ready_count;
+    count(*run, out);
     HealthBooks& books = run->books;
     out.nesting.reserve(books.nesting.size());
     for (ChildNode* n : books.nesting)
@@ -118,7 +131,7 @@ Look look_at(ManagerCore& core) {
     for (ChildNode* n : which) to_judge.push_back(n->shared_from_this());
     linked_before = books.linked_so_far;
   }
-  out.stale = judge(core, run, to_judge, full, linked_before, now);
+  judge(core, run, to_judge, full, linked_before, now, out);
   return out;
 }
 

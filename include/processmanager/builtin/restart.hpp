@@ -34,6 +34,17 @@ class RestartSupervisor : public Runnable {
   std::size_t restarts() const noexcept;
   /// The backoff chosen before the latest restart.
   std::chrono::nanoseconds last_backoff() const noexcept;
+  /// Hears this supervisor's restarts and its give-up as a manager's
+  /// on_event() hook would: an EventKind::restart event (path: its name;
+  /// `cause`: the failure, null after a normal end; `backoff`; `detail`:
+  /// "failed" or "ended; permanent") before each backoff wait (restarts()
+  /// already counts it), and an EventKind::give_up
+  /// event (`cause`, `detail`: the reason) before process_start() throws.
+  /// Called on the supervisor's executor, never under a lock, before
+  /// process_start() goes on: every event of a run is delivered before
+  /// the run completes. What it throws is dropped. Any thread; a run
+  /// that is under way reads the new hook at its next event.
+  void on_event(EventHook hook);
 
   /// The class's state, shared with its handle.
   struct State;

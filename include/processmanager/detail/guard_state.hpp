@@ -101,6 +101,10 @@ class Supervising {
   virtual std::shared_ptr<ProcessControlHandler> supervised_handle() const = 0;
   /// Restarts made so far.
   virtual std::size_t supervised_restarts() const noexcept = 0;
+  /// The supervised runnable (for good, not only during a run), or null
+  /// once it is gone: what inserting the supervisor looks through, so that
+  /// a manager inside belongs to one tree.
+  virtual std::shared_ptr<Runnable> supervised_runnable() const = 0;
 
  protected:
   ~Supervising() = default;
