@@ -74,7 +74,8 @@ TEST(health_cost, livez_and_readyz_read_no_heartbeat_while_none_can_be_stale) {
 /// shows more of them in the manager it read last.
 class Marker final : public pm::Runnable {
  public:
-  Marker(std::shared_ptr<pm::ProcessManager> early, std::shared_ptr<pm::ProcessManager> late)
+  // Weak: the marker is a child of `late`, and must not keep it alive.
+  Marker(std::weak_ptr<pm::ProcessManager> early, std::weak_ptr<pm::ProcessManager> late)
       : early_(std::move(early)), late_(std::move(late)) {}
 
   asio::awaitable<void> process_start() override {
@@ -95,8 +96,11 @@ class Marker final : public pm::Runnable {
       if (shutdown) co_return;
       if (!marking.load()) continue;
       const std::string name = std::string("tick-").append(std::to_string(ticks_++));
-      early_->add(std::make_shared<pm::test::IdleService>(name));
-      late_->add(std::make_shared<pm::test::IdleService>(name));
+      const auto early = early_.lock();
+      const auto late = late_.lock();
+      if (!early || !late) co_return;
+      early->add(std::make_shared<pm::test::IdleService>(name));
+      late->add(std::make_shared<pm::test::IdleService>(name));
     }
   }
   std::string process_name() const override { return "marker"; }
@@ -105,8 +109,8 @@ class Marker final : public pm::Runnable {
   std::atomic<bool> marking{false};
 
  private:
-  std::shared_ptr<pm::ProcessManager> early_;
-  std::shared_ptr<pm::ProcessManager> late_;
+  std::weak_ptr<pm::ProcessManager> early_;
+  std::weak_ptr<pm::ProcessManager> late_;
   pm::RuntimeGuard guard_{"marker"};
   long ticks_ = 0;  // only the marker's run touches it
 };

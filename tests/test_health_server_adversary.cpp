@@ -207,7 +207,8 @@ TEST(health_adversary, zero_limits_are_refused_and_one_connection_is_enough_for_
 /// managers (shutdown) now and then.
 class Churner final : public pm::Runnable {
  public:
-  explicit Churner(std::shared_ptr<pm::ProcessManager> root) : root_(std::move(root)) {}
+  // Weak: the churner is a child of `root`, and must not keep it alive.
+  explicit Churner(std::weak_ptr<pm::ProcessManager> root) : root_(std::move(root)) {}
   asio::awaitable<void> process_start() override {
     const auto ex = co_await asio::this_coro::executor;
     asio::steady_timer timer(ex);
@@ -231,7 +232,9 @@ class Churner final : public pm::Runnable {
       if (k % 7 == 0 || nested_.empty()) {
         auto nm = ProcessManagerBuilder().name("n" + std::to_string(k)).build();
         for (int i = 0; i < 10; ++i) nm->insert(std::make_shared<pm::test::IdleService>("x"));
-        root_->add(nm);
+        const auto root = root_.lock();
+        if (!root) co_return;
+        root->add(nm);
         nested_.push_back(nm);
       } else if (k % 5 == 0) {
         nested_.front()->process_handle()->request_shutdown();  // ends mid-document, perhaps
@@ -249,7 +252,7 @@ class Churner final : public pm::Runnable {
   std::atomic<int> budget{0};  // changes still to make
 
  private:
-  std::shared_ptr<pm::ProcessManager> root_;
+  std::weak_ptr<pm::ProcessManager> root_;
   std::vector<std::shared_ptr<pm::ProcessManager>> nested_;
   pm::RuntimeGuard guard_{"churner"};
   long ticks_ = 0;
