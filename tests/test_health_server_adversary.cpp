@@ -120,7 +120,7 @@ std::pair<std::string, std::string> read_response(const Client& c, bool head_req
 
 TEST(health_adversary, pipelined_requests_with_head_status_are_answered_in_order) {
   auto m = ProcessManagerBuilder().name("app").build();
-  for (int i = 0; i < 600; ++i) m->insert(std::make_shared<pm::test::IdleService>("s" + std::to_string(i)));
+  for (int i = 0; i < 600; ++i) m->insert(std::make_shared<pm::test::IdleService>(std::string("s").append(std::to_string(i))));
   Probed probes(m);
   Running run(m);
   const auto port = probes.port();
@@ -142,7 +142,7 @@ TEST(health_adversary, pipelined_requests_with_head_status_are_answered_in_order
   EXPECT_EQ(status_of(h1), 200) << h1;
   EXPECT_EQ(b1, expected);
   EXPECT_EQ(status_of(h2), 200) << h2;
-  EXPECT_NE(h2.find("Content-Length: " + std::to_string(expected.size())), std::string::npos) << h2;
+  EXPECT_NE(h2.find(std::string("Content-Length: ").append(std::to_string(expected.size()))), std::string::npos) << h2;
   EXPECT_EQ(status_of(h3), 200) << h3;
   EXPECT_EQ(b3, "alive\n");
   EXPECT_EQ(status_of(h4), 200) << h4;
@@ -230,7 +230,7 @@ class Churner final : public pm::Runnable {
       }
       const long k = ticks_++;
       if (k % 7 == 0 || nested_.empty()) {
-        auto nm = ProcessManagerBuilder().name("n" + std::to_string(k)).build();
+        auto nm = ProcessManagerBuilder().name(std::string("n").append(std::to_string(k))).build();
         for (int i = 0; i < 10; ++i) nm->insert(std::make_shared<pm::test::IdleService>("x"));
         const auto root = root_.lock();
         if (!root) co_return;
@@ -241,7 +241,7 @@ class Churner final : public pm::Runnable {
         nested_.erase(nested_.begin());
       } else {
         try {
-          nested_.back()->add(std::make_shared<pm::test::IdleService>("t" + std::to_string(k)));
+          nested_.back()->add(std::make_shared<pm::test::IdleService>(std::string("t").append(std::to_string(k))));
         } catch (const std::logic_error&) {
         }
       }
