@@ -318,14 +318,14 @@ ProcessManagerBuilder& ProcessManagerBuilder::pre_insert_with(ChildFactory make)
 }
 
 ProcessManagerBuilder& ProcessManagerBuilder::pre_insert_with(ChildFactory make, ChildOptions options) {
-  return plan_factory(std::move(make), std::move(options));
+  return plan_factory(std::move(make), options);
 }
 
 ProcessManagerBuilder& ProcessManagerBuilder::plan_factory(ChildFactory make, std::optional<ChildOptions> options) {
   if (!make) {
     throw std::invalid_argument("ProcessManagerBuilder '" + name_ + "': pre_insert_with() of an empty factory");
   }
-  children_.push_back(Planned{nullptr, nullptr, std::move(make), std::move(options)});
+  children_.push_back(Planned{nullptr, nullptr, std::move(make), options});
   return *this;
 }
 

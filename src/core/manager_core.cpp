@@ -215,43 +215,25 @@ asio::awaitable<void> ManagerCore::shutdown() {
   control(RuntimeControlMessage::shutdown());
   // Named, not a temporary of the co_await expression: GCC 12 destroys such
   // temporaries twice when they span the suspension (STYLE.md).
-  // Where the waiter was listed: a wait that ends early (cancelled) takes
-  // itself off, so a loop of cancelled waits during a long stop does not
-  // grow the list. Set under the lock, before the waiter can complete.
-  std::shared_ptr<Waiter> listed;
-  std::weak_ptr<ManagerRun> listed_in;
-  auto wait_stopped = [self, &listed, &listed_in](auto handler) {
+  // Waits that ended early (cancelled) are taken off the list by the next
+  // one, so a loop of cancelled waits during a long stop does not grow it.
+  // Not by the ending wait itself: that would need the run, and holding it
+  // from another io_context could make that thread the run's last owner,
+  // destroying its children's strands after their io_context is gone.
+  auto wait_stopped = [self](auto handler) {
     auto w = Waiter::make(std::move(handler), true);
     std::shared_ptr<ManagerRun> run;  // released after the lock
     {
       std::lock_guard lock(self->mu);
       run = self->current.lock();
       if (run && run->accepting) {
-        listed = w;
-        listed_in = run;
+        std::erase_if(run->stopped_waiters, [](const std::shared_ptr<Waiter>& x) { return x->ended(); });
         run->stopped_waiters.push_back(std::move(w));
         return;
       }
     }
     w->complete(true);
   };
-  struct Unlist {
-    ManagerCore& core;
-    const std::shared_ptr<Waiter>& w;
-    const std::weak_ptr<ManagerRun>& in;
-    Unlist(ManagerCore& c, const std::shared_ptr<Waiter>& waiter, const std::weak_ptr<ManagerRun>& run)
-        : core(c), w(waiter), in(run) {}
-    Unlist(const Unlist&) = delete;
-    Unlist& operator=(const Unlist&) = delete;
-    ~Unlist() {
-      if (!w) return;
-      std::shared_ptr<ManagerRun> run = in.lock();  // released after the lock
-      if (!run) return;
-      std::lock_guard lock(core.mu);
-      auto& list = run->stopped_waiters;
-      list.erase(std::remove(list.begin(), list.end(), w), list.end());
-    }
-  } unlist(*self, listed, listed_in);
   co_await asio::async_initiate<const asio::use_awaitable_t<>&, void(boost::system::error_code, bool)>(
       std::move(wait_stopped), asio::use_awaitable);
 }

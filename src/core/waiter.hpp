@@ -46,6 +46,12 @@ class Waiter : public std::enable_shared_from_this<Waiter> {
   /// Called by the context's shutdown: drops the handler unrun.
   void drop() noexcept;
 
+  /// True once the wait has ended (completed, cancelled or dropped).
+  bool ended() {
+    std::lock_guard lock(mu_);
+    return !handler_;
+  }
+
  private:
   bool finish(boost::system::error_code ec, bool value);
 
