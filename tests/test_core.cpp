@@ -105,7 +105,9 @@ TEST(core_restart, one_for_all_restarts_a_sibling_that_failed_instead_of_stoppin
   ASSERT_TRUE(run.wait_ready());
   const auto st = m->status();
   const auto* l = st.find("late");
-  ASSERT_NE(l, nullptr);
+  std::string seen;
+  for (const auto& c : st.children) seen.append(c.path).append(" ").append(pm::to_string(c.state)).append("; ");
+  ASSERT_NE(l, nullptr) << seen;
   EXPECT_EQ(l->state, ChildState::ready);
   EXPECT_EQ(j->count("stop late"), 0u) << "the restarted run read the group stop of the run before";
   run.stop();
