@@ -120,7 +120,8 @@ std::pair<std::string, std::string> read_response(const Client& c, bool head_req
 
 TEST(health_adversary, pipelined_requests_with_head_status_are_answered_in_order) {
   auto m = ProcessManagerBuilder().name("app").build();
-  for (int i = 0; i < 600; ++i) m->insert(std::make_shared<pm::test::IdleService>(std::string("s").append(std::to_string(i))));
+  for (int i = 0; i < 600; ++i)
+    m->insert(std::make_shared<pm::test::IdleService>(std::string("s").append(std::to_string(i))));
   Probed probes(m);
   Running run(m);
   const auto port = probes.port();
