@@ -42,9 +42,13 @@ class Journal {
     return n;
   }
   /// Waits until `line` has been added `times` times.
-  bool wait_for(const std::string& line, std::size_t times = 1) const {
+  bool wait_for(const std::string& line, std::size_t times = 1) const { return wait_for(line, times, hang_guard); }
+  /// The same within `within`: for a test that shows something does not
+  /// happen while the test holds it back.
+  template <class Rep, class Period>
+  bool wait_for(const std::string& line, std::size_t times, std::chrono::duration<Rep, Period> within) const {
     std::unique_lock lock(mu_);
-    return cv_.wait_for(lock, hang_guard, [&] {
+    return cv_.wait_for(lock, within, [&] {
       std::size_t n = 0;
       for (const auto& l : lines_) n += l == line ? 1 : 0;
       return n >= times;

@@ -60,6 +60,7 @@ class LateFailer : public pm::Runnable {
         pace.expires_after(1ms);  // pacing while the test holds it, not synchronisation
         co_await pace.async_wait(asio::use_awaitable);
       }
+      j_->add("late throws");
       throw std::runtime_error("late failed instead of stopping");
     }
     for (;;) {
@@ -110,6 +111,48 @@ TEST(core_restart, one_for_all_restarts_a_sibling_that_failed_instead_of_stoppin
   ASSERT_NE(l, nullptr) << seen;
   EXPECT_EQ(l->state, ChildState::ready);
   EXPECT_EQ(j->count("stop late"), 0u) << "the restarted run read the group stop of the run before";
+  run.stop();
+  EXPECT_EQ(run.finish(), nullptr);
+}
+
+// The stop a group member is told is handed to its handle after the
+// manager's lock, by the thread that saw the failure, once it has delivered
+// that failure's events. Here that thread's hook holds it back while 'late'
+// fails instead of stopping: 'late' must not restart before its stop has
+// arrived (and been dropped), or its next run reads the stop meant for the
+// one that ended, and ends. This was a flaky failure of the test above.
+TEST(core_restart, a_group_member_restarts_only_after_the_stop_it_was_told_has_arrived) {
+  auto j = std::make_shared<Journal>();
+  auto late = std::make_shared<LateFailer>(j);
+  auto trigger = std::make_shared<Probe>("trigger", j, Behaviour{.fail_first_runs = 1});
+  std::atomic<bool> held{false};
+  std::atomic<bool> restarted_while_held{false};
+  auto hold = [&](const pm::Event& e) {
+    if (e.kind != EventKind::state || e.path != "m/late" || e.state != ChildState::stopping) return;
+    if (held.exchange(true)) return;
+    late->release = true;
+    if (!j->wait_for("late throws", 1)) return;
+    // The window in which a restart that did not wait would begin.
+    restarted_while_held = j->wait_for("start late", 2, 300ms);
+  };
+  ChildOptions restart;
+  restart.restart = no_backoff();
+  auto m = ProcessManagerBuilder()
+               .name("m")
+               .strategy(Strategy::one_for_all)
+               .on_event(hold)
+               .pre_insert(late, restart)
+               .pre_insert(trigger, restart)
+               .build();
+  Running run(m);
+  ASSERT_TRUE(j->wait_for("start late", 2));
+  ASSERT_TRUE(run.wait_ready());
+  EXPECT_FALSE(restarted_while_held.load()) << "'late' restarted before its stop was handed over";
+  const auto st = m->status();
+  const auto* l = st.find("late");
+  ASSERT_NE(l, nullptr) << "the restarted 'late' read the stop meant for its last run, and ended";
+  EXPECT_EQ(l->state, ChildState::ready);
+  EXPECT_EQ(j->count("stop late"), 0u);
   run.stop();
   EXPECT_EQ(run.finish(), nullptr);
 }

@@ -76,6 +76,7 @@ class Books {
 
   const clock::time_point t0 = clock::time_point{} + std::chrono::hours(24);
   clock::time_point now = t0;
+  bool deliver = true;  // false: stops stay on their way until a test delivers them
 
   const std::shared_ptr<ManagerCore> core;
   std::vector<std::shared_ptr<ChildNode>> nodes;  // outlive the run's books
@@ -104,19 +105,25 @@ class Books {
   }
   void all_ready() {
     for (auto& n : nodes) {
-      if (n->linked && !n->ready && !n->parked) ready(*n);
+      if (n->linked && !n->ready && !n->parked()) ready(*n);
     }
   }
 
+  /// The shell hands the stops over after the lock and says so; a
+  /// fan-out's grace is started by the tests themselves (on_told_all).
+  Actions delivered(Actions act) {
+    if (deliver) run->on_delivered(act.stop, false, now);
+    return act;
+  }
   Actions plan() {
     Actions act;
     run->plan(now, false, act);
-    return act;
+    return delivered(std::move(act));
   }
   Actions stop() {
     Actions act;
     run->begin_stop(now, act);
-    return act;
+    return delivered(std::move(act));
   }
   /// Its coroutine ended: normally, or by throwing (a failure of its own).
   Actions end(ChildNode& n, bool failed = false) {
@@ -128,7 +135,7 @@ class Books {
     Actions act;
     ReadyNotice readiness;
     auto released = run->on_end(n.shared_from_this(), std::move(e), now, act, readiness);
-    return act;
+    return delivered(std::move(act));
   }
   /// Cancelled after its timeout, and ended of it.
   Actions end_forced(ChildNode& n) {
@@ -138,19 +145,16 @@ class Books {
     Actions act;
     ReadyNotice readiness;
     auto released = run->on_end(n.shared_from_this(), std::move(e), now, act, readiness);
-    return act;
+    return delivered(std::move(act));
   }
   /// The shell carries out a restart the plan decided on.
-  bool restart(ChildNode& n) { return run->on_restarted(n, now); }
+  /// Returns whether the new run is told to stop at once.
+  bool restart(ChildNode& n) { return run->on_restarted(n, now) != pm::detail::Phase::running; }
 
-  /// Names of the children a list of handles (whom to tell) belongs to.
+  /// Names of the children told to stop.
   std::vector<std::string> told(const Actions& act) const {
     std::vector<std::string> out;
-    for (const auto& h : act.tell) {
-      for (const auto& n : nodes) {
-        if (n->handle == h) out.push_back(n->name);
-      }
-    }
+    for (const auto& n : act.stop) out.push_back(n->name);
     return out;
   }
   static std::vector<std::string> names(const std::vector<std::shared_ptr<ChildNode>>& list) {
@@ -189,9 +193,9 @@ TEST(transitions, one_for_one_restarts_only_the_failed_child_after_its_backoff) 
   b.add("b");
   b.all_ready();
   auto act = b.end(b["a"], true);
-  EXPECT_TRUE(act.tell.empty());
+  EXPECT_TRUE(act.stop.empty());
   EXPECT_FALSE(b.run->stopping);
-  EXPECT_TRUE(b["a"].parked);
+  EXPECT_TRUE(b["a"].parked());
   EXPECT_EQ(b["a"].state, ChildState::restarting);
   EXPECT_EQ(b.run->next_deadline(), b.t0 + 100ms);  // RestartOptions{}'s first backoff
 
@@ -226,6 +230,32 @@ TEST(transitions, one_for_all_stops_every_other_child_then_restarts_all_in_inser
   EXPECT_EQ(Books::names(b.plan().restart), (Names{"a", "b", "c"}));
 }
 
+// The stop a group member was told is handed to its handle after the lock.
+// If that member ends meanwhile (it failed instead of stopping) and
+// restarted at once, the stop would reach its next run: the restart waits
+// until the stop is delivered, and a delivery wakes the loop.
+TEST(transitions, a_member_is_not_restarted_while_the_stop_it_was_told_is_on_its_way) {
+  Books b({.strategy = Strategy::one_for_all});
+  b.add("a");
+  b.add("b");
+  b.all_ready();
+  b.deliver = false;
+  auto act = b.end(b["b"], true);  // a is told; the stop is not handed over yet
+  ASSERT_EQ(b.told(act), (Names{"a"}));
+  EXPECT_EQ(b["a"].undelivered, 1u);
+  b.end(b["a"], true);  // a fails instead of stopping, before its stop arrived
+  EXPECT_TRUE(b["a"].parked());
+  b.now = b.t0 + 1s;
+  EXPECT_EQ(Books::names(b.plan().restart), (Names{"b"}));  // a waits for its stop
+  EXPECT_EQ(b.run->next_deadline(), clock::time_point::max()) << "no deadline may spin on a held restart";
+  b.run->wake = false;
+  b.run->on_delivered(act.stop, false, b.now);
+  EXPECT_TRUE(b.run->wake) << "the delivery wakes the loop";
+  EXPECT_EQ(b["a"].undelivered, 0u);
+  EXPECT_EQ(b.run->undelivered, 0u);
+  EXPECT_EQ(Books::names(b.plan().restart), (Names{"a"}));
+}
+
 TEST(transitions, rest_for_one_stops_and_restarts_only_the_children_inserted_after_it) {
   Books b({.strategy = Strategy::rest_for_one});
   b.add("a");
@@ -252,8 +282,8 @@ TEST(transitions, a_member_told_to_stop_with_its_group_is_not_told_twice) {
   auto act = b.end(b["a"], true);
   // a failed while stopping with its group: it waits with the group, and
   // b, told already, is not told again.
-  EXPECT_TRUE(act.tell.empty());
-  EXPECT_TRUE(b["a"].parked);
+  EXPECT_TRUE(act.stop.empty());
+  EXPECT_TRUE(b["a"].parked());
   EXPECT_EQ(b.run->group_running, 1u);
 }
 
@@ -286,12 +316,12 @@ TEST(transitions, policies_decide_which_ends_restart) {
   b.end(b["transient"]);
   b.end(b["temporary"], true);
   b.end(b["default"], true);
-  EXPECT_TRUE(b["permanent"].parked);   // restarts after any end
-  EXPECT_FALSE(b["transient"].linked);  // ended normally: done
+  EXPECT_TRUE(b["permanent"].parked());  // restarts after any end
+  EXPECT_FALSE(b["transient"].linked);   // ended normally: done
   EXPECT_EQ(b["transient"].state, ChildState::stopped);
   EXPECT_FALSE(b["temporary"].linked);  // failed, never restarted ...
   EXPECT_EQ(b["temporary"].state, ChildState::failed);
-  EXPECT_TRUE(b["default"].parked);      // transient by default: a failure restarts
+  EXPECT_TRUE(b["default"].parked());    // transient by default: a failure restarts
   EXPECT_TRUE(b.run->failures.empty());  // ... and not a failure of the manager
   EXPECT_FALSE(b.run->stopping);
 }
@@ -300,8 +330,8 @@ TEST(transitions, under_stop_all_a_child_with_restart_options_restarts_alone_wit
   Books b;  // stop_all
   b.add("a", ChildOptions{.restart = RestartOptions{.max_restarts = 1, .window = 1min}});
   b.add("b");
-  EXPECT_TRUE(b.end(b["a"], true).tell.empty());
-  EXPECT_TRUE(b["a"].parked);
+  EXPECT_TRUE(b.end(b["a"], true).stop.empty());
+  EXPECT_TRUE(b["a"].parked());
   b.now += 1s;
   b.plan();
   b.restart(b["a"]);
@@ -383,11 +413,11 @@ TEST(transitions, a_sequential_stop_goes_in_reverse_each_within_its_own_timeout_
   b.add("b", ChildOptions{.shutdown_timeout = 1s});
   b.add("c");
   b.all_ready();
-  EXPECT_TRUE(b.stop().tell.empty());  // nobody at once: one at a time
+  EXPECT_TRUE(b.stop().stop.empty());  // nobody at once: one at a time
 
   EXPECT_EQ(b.told(b.plan()), (Names{"c"}));
   EXPECT_EQ(b.run->next_deadline(), b.t0 + 10s);
-  EXPECT_TRUE(b.plan().tell.empty());  // b waits for c
+  EXPECT_TRUE(b.plan().stop.empty());  // b waits for c
   b.now = b.t0 + 3s;
   b.end(b["c"]);  // c stops by itself
   EXPECT_EQ(b.told(b.plan()), (Names{"b"}));
@@ -455,10 +485,10 @@ TEST(transitions, a_childs_own_shutdown_timeout_forces_it_alone) {
 TEST(transitions, a_second_stop_changes_nothing) {
   Books b;
   b.add("a");
-  EXPECT_EQ(b.stop().tell.size(), 1u);
+  EXPECT_EQ(b.stop().stop.size(), 1u);
   b.now += 1s;
   auto again = b.stop();
-  EXPECT_TRUE(again.tell.empty());
+  EXPECT_TRUE(again.stop.empty());
   EXPECT_EQ(b.run->stop_at, b.t0);
 }
 
@@ -471,7 +501,7 @@ TEST(transitions, a_child_not_ready_within_its_start_timeout_fails_and_stops_the
   b.ready(b["other"]);
   EXPECT_EQ(b.run->next_deadline(), b.t0 + 2s);
   b.now = b.t0 + 2s - 1ns;
-  EXPECT_FALSE(b.plan().tell.size() > 0);
+  EXPECT_FALSE(b.plan().stop.size() > 0);
   b.now = b.t0 + 2s;
   auto act = b.plan();
   EXPECT_TRUE(b.run->stopping);
@@ -537,15 +567,51 @@ TEST(transitions, a_stop_in_the_gap_before_a_restart_begins_reaches_the_new_run)
   ASSERT_EQ(b.plan().restart.size(), 1u);  // decided; the shell has not begun it
   auto act = b.stop();
   EXPECT_EQ(b.told(act), (Names{"b"}));  // a's handle would hand the stop to the old run
-  EXPECT_TRUE(b["a"].told);
+  EXPECT_EQ(b["a"].phase, pm::detail::Phase::restarting_told);
   EXPECT_TRUE(b.restart(b["a"]));  // the new run is told at once
 }
 
 TEST(transitions, a_child_that_ended_is_not_told) {
   Books b;
   auto& a = b.add("a");
-  a.exited = true;  // ended, its end not yet handled
-  EXPECT_TRUE(b.stop().tell.empty());
+  a.phase = pm::detail::Phase::ended;  // ended, its end not yet handled
+  EXPECT_TRUE(b.stop().stop.empty());
+}
+
+TEST(transitions, a_cancellation_without_a_stop_ends_the_wait_of_a_child_waiting_for_its_restart) {
+  Books b({.strategy = Strategy::one_for_one});
+  b.add("a");
+  b.add("b");
+  b.end(b["a"], true);
+  ASSERT_TRUE(b["a"].parked());
+  Actions act;
+  b.run->plan(b.now, true, act);  // our parent cancelled us; nobody said stop
+  EXPECT_EQ(Books::names(act.force), (Names{"b"}));
+  EXPECT_FALSE(b["a"].linked) << "a parked child would be abandoned at the bound, and reported not stopped";
+  EXPECT_EQ(b["a"].state, ChildState::stopped);
+  EXPECT_EQ(b.run->live, 1u);
+}
+
+TEST(transitions, the_phase_graph_moves_forward_and_comes_back_only_through_a_restart) {
+  using pm::detail::Phase;
+  using pm::detail::phase_step;
+  const Phase all[] = {Phase::running, Phase::told,       Phase::forced,         Phase::ended,
+                       Phase::parked,  Phase::restarting, Phase::restarting_told};
+  for (Phase p : all) EXPECT_FALSE(phase_step(p, p)) << static_cast<int>(p);
+  // Every phase can end, or is on the way to a run that can.
+  EXPECT_TRUE(phase_step(Phase::running, Phase::ended));
+  EXPECT_TRUE(phase_step(Phase::told, Phase::ended));
+  EXPECT_TRUE(phase_step(Phase::forced, Phase::ended));
+  EXPECT_TRUE(phase_step(Phase::parked, Phase::ended));
+  // A stop is never taken back: only a restart leads to running again.
+  for (Phase p : all) {
+    if (p != Phase::restarting) {
+      EXPECT_FALSE(phase_step(p, Phase::running)) << static_cast<int>(p);
+    }
+  }
+  EXPECT_FALSE(phase_step(Phase::forced, Phase::told));
+  EXPECT_FALSE(phase_step(Phase::restarting_told, Phase::running));
+  EXPECT_FALSE(phase_step(Phase::ended, Phase::restarting)) << "a restart goes through the parked list";
 }
 
 // --- Extremes -------------------------------------------------------------

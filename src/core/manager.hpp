@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cassert>
 #include <chrono>
 #include <cstdint>
 #include <deque>
@@ -40,6 +41,48 @@ using sys_clock = std::chrono::system_clock;
 inline sys_clock::time_point now_us() {
   // Microseconds: what status JSON carries, so that a snapshot round-trips.
   return std::chrono::time_point_cast<std::chrono::microseconds>(sys_clock::now());
+}
+
+/// Where a child is in its manager's run (under the manager's lock). The
+/// run's transitions (run_state.hpp) move it; docs/design.md draws the
+/// graph:
+///
+///   running -> told -> forced -> ended -> parked -> restarting -> running
+///                                                  restarting -> restarting_told -> told
+///
+/// with `running -> forced` (a cancellation without a stop first),
+/// `running|told -> ended`, and `parked -> ended` (a stop cancels the
+/// restart). Readiness (`ready`), the books (`linked`) and why it was told
+/// (`group`) are kept beside the phase: they hold in several phases.
+enum class Phase : std::uint8_t {
+  running,          ///< its coroutine runs; mark: when it started (its start timeout)
+  told,             ///< told to stop; mark: when (its shutdown timeout)
+  forced,           ///< cancelled; mark: when (the abandon bound)
+  ended,            ///< its coroutine ended; it leaves the books, or parks, in the same step
+  parked,           ///< ended; waits in the run's parked list; mark: when it restarts
+  restarting,       ///< taken off that list; the loop starts its new run after the lock
+  restarting_told,  ///< the same, and told to stop meanwhile: the new run gets that stop at once
+};
+
+/// Whether a child may go from one phase to the other: the graph above.
+constexpr bool phase_step(Phase from, Phase to) {
+  switch (from) {
+    case Phase::running:
+      return to == Phase::told || to == Phase::forced || to == Phase::ended;
+    case Phase::told:
+      return to == Phase::forced || to == Phase::ended;
+    case Phase::forced:
+      return to == Phase::ended;
+    case Phase::ended:
+      return to == Phase::parked;
+    case Phase::parked:
+      return to == Phase::restarting || to == Phase::ended;
+    case Phase::restarting:
+      return to == Phase::restarting_told || to == Phase::running || to == Phase::forced;
+    case Phase::restarting_told:
+      return to == Phase::told || to == Phase::forced;
+  }
+  return false;
 }
 
 /// One started child. The run owns the linked ones (`keep`, a reference
@@ -88,11 +131,9 @@ struct ChildNode final : ReadinessTarget, std::enable_shared_from_this<ChildNode
   ChildNode* prev = nullptr;
   ChildNode* next = nullptr;
   bool linked = false;
-  bool forced = false;
+  Phase phase = Phase::running;
   bool ready = false;
-  bool told = false;
   bool watches = false;           // its handle reports readiness
-  bool parked = false;            // ended; waits in the run's parked list to be restarted
   bool group = false;             // told to stop so that its group can restart together
   std::uint32_t restarts = 0;     // for status
   std::uint32_t consecutive = 0;  // restarts since it last ran reset_after without ending
@@ -126,20 +167,30 @@ struct ChildNode final : ReadinessTarget, std::enable_shared_from_this<ChildNode
   /// Whether its heartbeat is judged now: it has a heartbeat_timeout and
   /// runs (not stopping, ended, or waiting for a restart). Under the lock.
   bool beat_watched() const {
-    if (!options || !options->heartbeat_timeout || parked) return false;
+    if (!options || !options->heartbeat_timeout || !runs()) return false;
     return state == ChildState::running || state == ChildState::ready || state == ChildState::starting;
   }
   std::chrono::nanoseconds timeout_or(std::chrono::nanoseconds grace) const {
     return options && options->shutdown_timeout ? *options->shutdown_timeout : grace;
   }
-  /// Its coroutine has ended (and it is not running again yet). A child
-  /// can be `failed` while it still runs (a start timeout): that one is
-  /// told to stop like any other.
-  bool exited = false;
-  /// Taken off the parked list for a restart that has not begun yet (the
-  /// run's loop starts it after unlocking). A stop decided meanwhile is
-  /// recorded (`told`) and handed to the new run once it is started.
-  bool restart_pending = false;
+  /// Moves it to another phase along the graph above. Under the lock.
+  void enter(Phase to) {
+    assert(phase_step(phase, to));
+    phase = to;
+  }
+  bool parked() const { return phase == Phase::parked; }
+  /// Told to stop, or cancelled, in this run or in the restart under way.
+  bool told() const { return phase == Phase::told || phase == Phase::forced || phase == Phase::restarting_told; }
+  bool forced() const { return phase == Phase::forced; }
+  bool restarting() const { return phase == Phase::restarting || phase == Phase::restarting_told; }
+  /// Its coroutine runs (it may have been told to stop). A child can be
+  /// `failed` while it still runs (a start timeout): that one is told to
+  /// stop like any other.
+  bool runs() const { return phase == Phase::running || phase == Phase::told || phase == Phase::forced; }
+  /// Stops decided for its current run and not yet handed to its handle
+  /// (the lock is released in between). Its restart waits for them: a
+  /// stop handed over after forget_shutdown() would reach the next run.
+  std::uint32_t undelivered = 0;
 };
 
 /// A runnable's name; user code, so never called under a library lock.
@@ -403,14 +454,17 @@ using ReadyNotice = std::optional<ReadyChange>;
 
 /// What the run loop decided under the lock, carried out after it.
 struct Actions {
-  std::vector<std::shared_ptr<ProcessControlHandler>> tell;  // shutdown
+  std::vector<std::shared_ptr<ProcessControlHandler>> tell;  // a message other than shutdown
+  // Told to stop: each gets a shutdown after the lock, and is then counted
+  // delivered (ManagerRun::on_delivered).
+  std::vector<std::shared_ptr<ChildNode>> stop;
   std::vector<std::shared_ptr<ChildNode>> force;
   std::vector<std::shared_ptr<Runnable>> abandoned;
   std::vector<std::pair<std::shared_ptr<Runnable>, std::shared_ptr<const ChildOptions>>> start;
   std::vector<std::shared_ptr<ChildNode>> restart;
   std::vector<std::shared_ptr<ChildNode>> released;  // dropped after the lock: their destructors run user code
   bool give_up = false;
-  bool stop_fanout = false;  // `tell` is a concurrent stop's fan-out: its grace starts once it is delivered
+  bool stop_fanout = false;  // `stop` is a concurrent stop's fan-out: its grace starts once it is delivered
 };
 
 class ManagerRun;
@@ -423,8 +477,8 @@ void flush_after(ManagerCore& core);
 void tell_one(ProcessControlHandler& handle, const RuntimeControlMessage& msg) noexcept;
 /// control(msg) on each handle; a handle that throws keeps it from none.
 void tell_all(const std::vector<std::shared_ptr<ProcessControlHandler>>& handles, const RuntimeControlMessage& msg);
-/// A concurrent stop's messages are all handed out: its grace starts now.
-void told_all(ManagerRun& run);
+/// Hands out the stops of `act`, then tells the run they were delivered.
+void deliver_stop(ManagerRun& run, const Actions& act);
 /// Starts one child in `run` (from the loop, or add()); throws for a child
 /// that cannot be started, or when the run no longer accepts children.
 std::shared_ptr<ChildNode> start_child(const std::shared_ptr<ManagerRun>& run, std::shared_ptr<Runnable> child,

@@ -146,8 +146,11 @@ void ManagerCore::control(RuntimeControlMessage msg, std::vector<std::shared_ptr
   }
   notify_ready(readiness);
   flush();
-  tell_all(act.tell, msg);
-  if (act.stop_fanout) told_all(*run);
+  if (msg.is_shutdown()) {
+    deliver_stop(*run, act);
+  } else {
+    tell_all(act.tell, msg);
+  }
   // Observers hear of a message once every child has it: a reload
   // observed is a reload handed out. A shutdown they hear as the state
   // "stopping", in order; a notice here could come after "stopped".

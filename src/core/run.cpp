@@ -56,16 +56,15 @@ void tell_all(const std::vector<std::shared_ptr<ProcessControlHandler>>& handles
   for (const auto& h : handles) tell_one(*h, msg);
 }
 
-/// A concurrent stop's messages are all handed out: its grace starts now.
-void told_all(ManagerRun& run) {
-  std::lock_guard lock(run.core->mu);
-  run.on_told_all(clock::now());
-}
-
-/// Hands out the stop messages of `act`, then starts the grace.
+/// Hands out the stop messages of `act`, then says so to the run: a
+/// concurrent stop's grace starts, and restarts held back for them go on.
+/// The nodes in `act` are released by its owner, after the lock.
 void deliver_stop(ManagerRun& run, const Actions& act) {
-  tell_all(act.tell, RuntimeControlMessage::shutdown());
-  if (act.stop_fanout) told_all(run);
+  if (act.stop.empty() && !act.stop_fanout) return;
+  const auto msg = RuntimeControlMessage::shutdown();
+  for (const auto& n : act.stop) tell_one(*n->handle, msg);
+  std::lock_guard lock(run.core->mu);
+  run.on_delivered(act.stop, act.stop_fanout, clock::now());
 }
 
 void force(const std::vector<std::shared_ptr<ChildNode>>& nodes) {
@@ -190,7 +189,7 @@ void child_ended(const std::shared_ptr<ChildNode>& node, const std::exception_pt
   bool collateral = false;
   {
     std::lock_guard lock(core.mu);
-    forced = node->forced;
+    forced = node->forced();
     collateral = run.stopping;
   }
   // Cancelled after its grace: a coroutine ends with operation_aborted (or
@@ -246,7 +245,7 @@ void ChildNode::on_ready(bool declared) {
   ReadyNotice readiness;
   {
     std::lock_guard lock(core.mu);
-    if (!node->linked || node->ready || node->parked) return;
+    if (!node->linked || node->ready || !node->runs()) return;
     if (node->state != ChildState::starting && node->state != ChildState::running) return;
     const auto t = now_us();
     // A guard's first report (its ticker) is also when it counts as
@@ -270,7 +269,7 @@ void ChildNode::on_running() {
   ManagerCore& core = *run_ref->core;
   {
     std::lock_guard lock(core.mu);
-    if (!node->linked || node->parked || node->state != ChildState::starting) return;
+    if (!node->linked || !node->runs() || node->state != ChildState::starting) return;
     run_ref->set_state(*node, ChildState::running);
   }
   flush_after(core);
@@ -385,13 +384,12 @@ std::shared_ptr<ChildNode> start_child(const std::shared_ptr<ManagerRun>& run, s
     }
     stop_now = run->stopping;
     if (stop_now) {
-      node->told = true;
-      node->mark = now;
-      node->state = ChildState::stopping;
       // Added after the manager cancelled its children: cancelled as they
       // were, and abandoned with them at the same bound.
       force_now = run->forcing;
-      if (force_now) node->forced = true;
+      node->enter(force_now ? Phase::forced : Phase::told);
+      node->mark = now;
+      node->state = ChildState::stopping;
     }
     if (run->special > 0) run->poke();  // its start timeout joins the deadlines
     run->update_ready(readiness);       // a new child makes the manager not ready
@@ -437,18 +435,21 @@ void restart_child(const std::shared_ptr<ManagerRun>& run, const std::shared_ptr
   } catch (...) {
     error = std::current_exception();
   }
-  bool stop_now = false;
+  Phase phase = Phase::running;
   {
     std::lock_guard lock(core.mu);
-    stop_now = run->on_restarted(*node, clock::now());
+    phase = run->on_restarted(*node, clock::now());
   }
   core.flush();
   if (error) {
     child_ended(node, error);
     return;
   }
-  if (stop_now) tell_one(*node->handle, RuntimeControlMessage::shutdown());
+  // Told to stop (or cancelled) while its restart was on its way: the new
+  // run gets that stop first.
+  if (phase != Phase::running) tell_one(*node->handle, RuntimeControlMessage::shutdown());
   spawn(node, std::move(body), true);
+  if (phase == Phase::forced) force({node});  // queued behind its start on its strand
 }
 
 void execute(ManagerRun& run, Actions& act) {
@@ -609,7 +610,10 @@ asio::awaitable<void> run_manager(std::shared_ptr<ManagerCore> core) {
     {
       std::lock_guard lock(core->mu);
       // Seen together with closing the door, so no add() can slip in after.
-      if (run->live == 0 && run->to_start.empty()) {
+      // A stop still being handed over by another thread holds the end:
+      // once the run completes, a next run's children may be started, and
+      // that stop must not reach them.
+      if (run->live == 0 && run->to_start.empty() && run->undelivered == 0) {
         run->accepting = false;
         break;
       }

@@ -98,6 +98,7 @@ class ManagerRun {
   RestartIntensity intensity;            // the manager's, under a restarting strategy
   HealthBooks books;                     // what health() looks at (health_books.hpp)
   std::size_t restarts_under_way = 0;    // taken off `parked`, their restart not begun yet
+  std::size_t undelivered = 0;           // stops decided and not yet handed over (ChildNode::undelivered)
 
   bool sequential() const { return core->order == StartOrder::sequential; }
 
@@ -125,7 +126,7 @@ class ManagerRun {
     n.prev = n.next = nullptr;
     n.linked = false;
     --live;
-    if (n.restart_pending) --restarts_under_way;
+    if (n.restarting()) --restarts_under_way;
     books.remove(n);
     if (n.ready) --ready_count;
     if (n.options && (n.options->shutdown_timeout || n.options->start_timeout)) --special;
@@ -191,26 +192,33 @@ class ManagerRun {
     core->set_self(ChildState::stopping);
     to_start.clear();  // a sequential start ends here
     awaiting = nullptr;
-    // Children waiting for a restart are simply done.
-    for (ChildNode* p : parked) {
-      p->parked = false;
-      set_state(*p, ChildState::stopped, {}, "stopping; restart cancelled");
-      act.released.push_back(unlink(*p));
-    }
-    parked.clear();
+    cancel_restarts(act);
     if (!sequential()) {
       // The grace period starts once every child has its message (see
       // told_all): a thread that hands them out slowly must not let the
       // grace run out on a child that was never asked.
       telling = true;
       act.stop_fanout = true;
-      act.tell.reserve(act.tell.size() + live);
+      act.stop.reserve(act.stop.size() + live);
       // Newest first, as a sequential stop would; it also suits Asio's
       // timer heap, where the newest timers sit at the end and leave in O(1).
       const auto when = now_us();  // one timestamp for the whole fan-out
       for (ChildNode* n = tail; n != nullptr; n = n->prev) tell(*n, act, stop_at, when);
     }
     poke();
+  }
+  /// The stops of one Actions were handed to their handles. Restarts held
+  /// back for them may begin, the run may end, and after a concurrent
+  /// stop's fan-out its grace (and each told child's own timeout) starts.
+  void on_delivered(const std::vector<std::shared_ptr<ChildNode>>& stopped, bool fanout, clock::time_point now) {
+    bool wake_loop = false;
+    for (const auto& n : stopped) {
+      --n->undelivered;
+      --undelivered;
+      wake_loop = wake_loop || (n->undelivered == 0 && n->parked());
+    }
+    if (wake_loop || (undelivered == 0 && live == 0)) poke();
+    if (fanout) on_told_all(now);
   }
   /// A concurrent stop's messages are all handed out: its grace (and each
   /// told child's own timeout) starts now.
@@ -220,7 +228,7 @@ class ManagerRun {
     stop_at = now;
     if (special > 0) {
       for (ChildNode* n = head; n != nullptr; n = n->next) {
-        if (n->told && !n->forced) n->mark = now;
+        if (n->phase == Phase::told) n->mark = now;
       }
     }
     poke();
@@ -228,23 +236,42 @@ class ManagerRun {
   void tell(ChildNode& n, Actions& act, clock::time_point now, sys_clock::time_point when = {}) {
     // A child that has ended is not told: its next run must not read a
     // stop meant for this one.
-    if (n.told || (n.exited && !n.restart_pending)) return;
-    n.told = true;
+    if (n.told() || n.phase == Phase::ended || n.parked()) return;
     n.mark = now;
     set_state(n, ChildState::stopping, {}, {}, when);
     // A restart about to begin drops stale stops from the handle first:
     // this one is delivered once the new run exists (restart_child).
-    if (!n.restart_pending) act.tell.push_back(n.handle);
+    if (n.phase == Phase::restarting) {
+      n.enter(Phase::restarting_told);
+      return;
+    }
+    n.enter(Phase::told);
+    act.stop.push_back(n.keep);
+    ++n.undelivered;
+    ++undelivered;
   }
   void force_one(ChildNode& n, clock::time_point now, Actions& act) {
-    if (n.forced) return;
-    n.forced = true;
+    if (n.forced() || !(n.runs() || n.restarting())) return;
+    n.enter(Phase::forced);
     n.mark = now;
     if (auto sp = n.weak_from_this().lock()) act.force.push_back(std::move(sp));
+  }
+  /// Children waiting for a restart are simply done: a stop or a
+  /// cancellation ends their wait. Under core->mu.
+  void cancel_restarts(Actions& act) {
+    for (ChildNode* p : parked) {
+      p->enter(Phase::ended);
+      set_state(*p, ChildState::stopped, {}, "stopping; restart cancelled");
+      act.released.push_back(unlink(*p));
+    }
+    parked.clear();
   }
   /// Marks every live child forced. Under core->mu.
   void begin_force(clock::time_point now, Actions& act) {
     forcing = true;
+    // Cancelled without a stop first (our parent's cancellation): a child
+    // waiting for its restart would otherwise wait out the abandon bound.
+    if (!stopping) cancel_restarts(act);
     stopping = true;
     force_at = now;
     act.force.reserve(live);
@@ -273,14 +300,17 @@ class ManagerRun {
       d = sat_add(stop_at, core->grace);
     }
     if (!stopping && !parked.empty() && group_running == 0) {
-      for (const auto& p : parked) d = std::min(d, p->mark);
+      for (const auto& p : parked) {
+        if (p->undelivered == 0) d = std::min(d, p->mark);  // else on_delivered wakes the loop
+      }
     }
     if (special > 0 || sequential() || (group_running > 0 && !stopping)) {
       for (const ChildNode* n = head; n != nullptr; n = n->next) {
-        if (n->parked) continue;
-        if (n->forced) {
+        if (n->forced()) {
           d = std::min(d, sat_add(n->mark, core->abandon));
-        } else if (n->told && !telling) {
+        } else if (!n->runs()) {
+          continue;  // parked, or its restart under way
+        } else if (n->phase == Phase::told && !telling) {
           d = std::min(d, sat_add(n->mark, n->timeout_or(core->grace)));
         } else if (!stopping && !n->ready && n->options && n->options->start_timeout) {
           d = std::min(d, sat_add(n->mark, *n->options->start_timeout));
@@ -329,9 +359,9 @@ class ManagerRun {
       // own deadline, and abandoned at its own bound after that.
       for (ChildNode* n = head; n != nullptr;) {
         ChildNode* next = n->next;
-        if (n->forced) {
+        if (n->forced()) {
           if (now >= sat_add(n->mark, core->abandon)) abandon(*n, act);
-        } else if (n->told && now >= sat_add(n->mark, n->timeout_or(core->grace))) {
+        } else if (n->phase == Phase::told && now >= sat_add(n->mark, n->timeout_or(core->grace))) {
           force_one(*n, now, act);
         }
         n = next;
@@ -345,11 +375,11 @@ class ManagerRun {
   void plan_sequential_stop(clock::time_point now, Actions& act) {
     while (tail != nullptr) {
       ChildNode& n = *tail;
-      if (!n.told) {
+      if (!n.told()) {
         tell(n, act, now);
         return;
       }
-      if (!n.forced) {
+      if (!n.forced()) {
         if (now >= sat_add(n.mark, n.timeout_or(core->grace))) force_one(n, now, act);
         return;
       }
@@ -363,14 +393,14 @@ class ManagerRun {
   void plan_group_stop(clock::time_point now, Actions& act) {
     for (ChildNode* n = head; n != nullptr;) {
       ChildNode* next = n->next;
-      if (n->group && !n->parked) {
-        if (n->forced) {
+      if (n->group && n->runs()) {
+        if (n->forced()) {
           if (now >= sat_add(n->mark, core->abandon)) {
             n->group = false;
             --group_running;
             abandon(*n, act);
           }
-        } else if (n->told && now >= sat_add(n->mark, n->timeout_or(core->grace))) {
+        } else if (n->phase == Phase::told && now >= sat_add(n->mark, n->timeout_or(core->grace))) {
           force_one(*n, now, act);
         }
       }
@@ -381,12 +411,12 @@ class ManagerRun {
   /// Restarts the parked children whose time has come, in insertion order
   /// (one at a time, each once the previous is ready, when sequential).
   void plan_restarts(clock::time_point now, Actions& act) {
-    if (sequential() && awaiting && awaiting->linked && !awaiting->ready && !awaiting->parked) return;
+    if (sequential() && awaiting && awaiting->linked && !awaiting->ready && !awaiting->parked()) return;
     for (ChildNode* n = head; n != nullptr; n = n->next) {
-      if (!n->parked || n->mark > now) continue;
+      // A stop meant for its last run and still on its way holds it back.
+      if (!n->parked() || n->mark > now || n->undelivered > 0) continue;
       parked.erase(std::find(parked.begin(), parked.end(), n));
-      n->parked = false;
-      n->restart_pending = true;
+      n->enter(Phase::restarting);
       ++restarts_under_way;
       act.restart.push_back(n->keep);
       if (sequential()) break;
@@ -478,7 +508,7 @@ class ManagerRun {
     // The rest of its group stops (newest first) and restarts with it.
     group_restart_at = sat_add(now, backoff);
     for (ChildNode* m : restart_group(core->strategy, n, tail)) {
-      if (m->parked || m->group) continue;  // waiting for a restart already, or told already
+      if (!m->runs() || m->group) continue;  // waiting for a restart already, or told already
       m->group = true;
       ++group_running;
       tell(*m, act, now);
@@ -492,11 +522,11 @@ class ManagerRun {
   /// and what readiness became. Under core->mu.
   [[nodiscard]] std::shared_ptr<ChildNode> on_end(const std::shared_ptr<ChildNode>& node, ChildEnd end,
                                                   clock::time_point now, Actions& act, ReadyNotice& readiness) {
-    node->exited = true;
     // Abandoned (taken off the books) before it ended: it is no longer
     // this manager's, and its end is not reported. The run it belonged to
     // may have completed, and completion means every event was delivered.
     if (!node->linked) return nullptr;
+    node->enter(Phase::ended);
     const bool late = !accepting;
     const bool was_awaited = awaiting == node.get();
     const bool failed = !end.failures.empty();
@@ -528,11 +558,11 @@ class ManagerRun {
       }
     }
     std::shared_ptr<ChildNode> released;
-    if (!node->parked) released = unlink(*node);
+    if (!node->parked()) released = unlink(*node);
     // The loop waits for the last child; in sequential order it also moves
     // on at each end (the next start, or the next stop in reverse order);
     // a restart or a group's end needs it too.
-    if (live == 0 || was_awaited || (sequential() && stopping) || special > 0 || node->parked || group_running > 0 ||
+    if (live == 0 || was_awaited || (sequential() && stopping) || special > 0 || node->parked() || group_running > 0 ||
         !parked.empty()) {
       poke();
     }
@@ -543,27 +573,32 @@ class ManagerRun {
   /// A restart has begun: the child runs again from `now`. Returns whether
   /// it must be told to stop at once (the manager's stop or its group's
   /// reached it while the restart was on its way). Under core->mu.
-  bool on_restarted(ChildNode& n, clock::time_point now) {
-    if (n.restart_pending && n.linked) --restarts_under_way;  // unlink() counted it out
-    n.restart_pending = false;
-    n.exited = false;
+  Phase on_restarted(ChildNode& n, clock::time_point now) {
+    if (!n.linked) return Phase::forced;  // abandoned (the manager gave up) while on its way
+    if (n.restarting()) --restarts_under_way;
+    switch (n.phase) {
+      case Phase::restarting:
+        n.enter(Phase::running);
+        n.mark = now;
+        set_state(n, ChildState::starting);
+        break;
+      case Phase::restarting_told:
+        n.enter(Phase::told);  // its stop timeout runs from when it was told
+        break;
+      default:
+        break;  // forced while on its way: cancelled once it runs
+    }
     n.run_started = now;
     books.restarted(n);
-    if (!n.told) {
-      n.mark = now;
-      set_state(n, ChildState::starting);
-    }
     if (sequential()) awaiting = &n;
     poke();  // its start timeout, or the next sequential restart
-    return n.told;
+    return n.phase;
   }
 
   void park(const std::shared_ptr<ChildNode>& node, clock::time_point at) {
     ChildNode& n = *node;
-    n.parked = true;
+    n.enter(Phase::parked);
     n.mark = at;
-    n.told = false;
-    n.forced = false;
     if (n.ready) {
       n.ready = false;
       --ready_count;
@@ -573,7 +608,7 @@ class ManagerRun {
 
   void check_start_timeouts(clock::time_point now, Actions& act) {
     for (ChildNode* n = head; n != nullptr; n = n->next) {
-      if (n->ready || n->parked || n->told || !n->options || !n->options->start_timeout) continue;
+      if (n->ready || n->phase != Phase::running || !n->options || !n->options->start_timeout) continue;
       if (now < sat_add(n->mark, *n->options->start_timeout)) continue;
       const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(*n->options->start_timeout).count();
       const std::string path = core->name + "/" + n->name;

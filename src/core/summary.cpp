@@ -117,7 +117,7 @@ Look look_at(ManagerCore& core) {
     HealthBooks& books = run->books;
     out.nesting.reserve(books.nesting.size());
     for (ChildNode* n : books.nesting)
-      out.nesting.push_back({n->shared_from_this(), n->handle, n->name, n->parked, n->ready});
+      out.nesting.push_back({n->shared_from_this(), n->handle, n->name, n->parked(), n->ready});
     // Quiet, the usual case: nothing to read. Else the stale ones are read
     // again, and all the watched ones once the quiet time is over.
     now = clock::now();
