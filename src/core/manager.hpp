@@ -92,68 +92,73 @@ constexpr bool phase_step(Phase from, Phase to) {
 /// nothing a child holds keeps a run (and so its other children) alive,
 /// and its destructor takes no lock.
 struct ChildNode final : ReadinessTarget, std::enable_shared_from_this<ChildNode> {
+  /// `ex`: its strand, or the manager's base executor when that runs on
+  /// one thread (a strand there only costs).
   ChildNode(std::shared_ptr<Runnable> r, std::shared_ptr<ProcessControlHandler> h, std::string n,
-            std::unique_ptr<asio::any_io_executor> s, const std::shared_ptr<ManagerRun>& run_, asio::any_io_executor b,
-            std::shared_ptr<const ChildOptions> o)
+            asio::any_io_executor ex, const std::shared_ptr<ManagerRun>& run_, std::shared_ptr<const ChildOptions> o)
       : runnable(std::move(r)),
         handle(std::move(h)),
         name(std::move(n)),
-        strand(std::move(s)),
+        exec(std::move(ex)),
         run(run_),
-        base(std::move(b)),
         options(std::move(o)) {}
   void on_ready(bool declared) override;
   void on_unready() override;
   void on_running() override;
   /// `options` is set once, before the node is shared: read without a lock.
   bool needs_declared_ready() const override { return options && options->explicit_ready; }
-  /// Where its coroutine runs: its strand, or the manager's base executor
-  /// when that runs on one thread.
-  const asio::any_io_executor& executor() const { return strand ? *strand : base; }
+  /// Where its coroutine runs.
+  const asio::any_io_executor& executor() const { return exec; }
   ~ChildNode() = default;
   ChildNode(const ChildNode&) = delete;
   ChildNode& operator=(const ChildNode&) = delete;
 
+  // One of these per service: the fields are ordered so that the small
+  // ones share words (docs/performance.md counts bytes per service).
   std::shared_ptr<Runnable> runnable;
   std::shared_ptr<ProcessControlHandler> handle;
-  const std::string name;                         // taken once, before it was linked: no user code under the lock
-  std::unique_ptr<asio::any_io_executor> strand;  // null: the run's base serialises already
-  asio::cancellation_signal cancel;               // the child coroutine's parent slot
+  const std::string name;            // taken once, before it was linked: no user code under the lock
+  asio::any_io_executor exec;        // its strand, or the run's base where that serialises already
+  asio::cancellation_signal cancel;  // the child coroutine's parent slot
   std::weak_ptr<ManagerRun> run;
-  asio::any_io_executor base;
   std::shared_ptr<const ChildOptions> options;  // null: the defaults
   std::shared_ptr<ChildNode> keep;              // under the lock: the run's ownership while linked
-  std::optional<RestartIntensity> intensity;    // its own limit when restarted under stop_all
-
-  bool done = false;  // strand-local
+  // Its own limit when restarted under stop_all: allocated at its first
+  // restart, since most children never have one.
+  std::unique_ptr<RestartIntensity> intensity;
 
   // Under the manager's lock.
   ChildNode* prev = nullptr;
   ChildNode* next = nullptr;
-  bool linked = false;
-  Phase phase = Phase::running;
-  bool ready = false;
-  bool watches = false;           // its handle reports readiness
-  bool group = false;             // told to stop so that its group can restart together
-  std::uint32_t restarts = 0;     // for status
-  std::uint32_t consecutive = 0;  // restarts since it last ran reset_after without ending
   clock::time_point run_started{};
-  ChildState state = ChildState::starting;
   sys_clock::time_point since{};
   // When it started, until told to stop; then when told, until forced; then
   // when forced. One field: each deadline only needs the latest.
   clock::time_point mark{};
   std::exception_ptr last_error{};
+  std::uint64_t seq = 0;          // its sequence number in the run (see below)
+  std::uint32_t restarts = 0;     // for status
+  std::uint32_t consecutive = 0;  // restarts since it last ran reset_after without ending
   // The run's health books (health_books.hpp): its place in the list of
   // children with a heartbeat_timeout and in that of children that may be
-  // nested managers, whether the last look found it stale, and its
-  // sequence number in the run (insertion order: where a sliced snapshot
-  // goes on from).
+  // nested managers, whether the last look found it stale, and `seq`, its
+  // place in insertion order (where a sliced snapshot goes on from).
   std::uint32_t beat_slot = 0;
   std::uint32_t nest_slot = 0;
+  /// Stops decided for its current run and not yet handed to its handle
+  /// (the lock is released in between). Its restart waits for them: a
+  /// stop handed over after forget_shutdown() would reach the next run.
+  std::uint32_t undelivered = 0;
+  ChildState state = ChildState::starting;
+  Phase phase = Phase::running;
+  bool linked = false;
+  bool ready = false;
+  bool watches = false;  // its handle reports readiness
+  bool group = false;    // told to stop so that its group can restart together
   bool may_nest = false;
   bool found_stale = false;
-  std::uint64_t seq = 0;
+
+  bool done = false;  // strand-local
 
   /// Whether it runs with a heartbeat older than its heartbeat_timeout (the
   /// clock starting at its start), given its handle's last beat, read
@@ -187,10 +192,6 @@ struct ChildNode final : ReadinessTarget, std::enable_shared_from_this<ChildNode
   /// `failed` while it still runs (a start timeout): that one is told to
   /// stop like any other.
   bool runs() const { return phase == Phase::running || phase == Phase::told || phase == Phase::forced; }
-  /// Stops decided for its current run and not yet handed to its handle
-  /// (the lock is released in between). Its restart waits for them: a
-  /// stop handed over after forget_shutdown() would reach the next run.
-  std::uint32_t undelivered = 0;
 };
 
 /// A runnable's name; user code, so never called under a library lock.

@@ -30,15 +30,13 @@ bool single_threaded(asio::io_context& ctx) {
 // A strand per child, except on an io_context that runs on one thread: there
 // a strand only costs (two extra scheduler hops per wake-up, an allocation
 // per child), as Asio's own documentation of implicit strands says.
-std::unique_ptr<asio::any_io_executor> strand_of(const asio::any_io_executor& base) {
+asio::any_io_executor executor_of(const asio::any_io_executor& base) {
   if (const auto* io = base.target<asio::io_context::executor_type>()) {
-    if (single_threaded(io->context())) return nullptr;
-    return std::make_unique<asio::any_io_executor>(asio::make_strand(*io));
+    if (single_threaded(io->context())) return base;
+    return asio::make_strand(*io);
   }
-  if (const auto* tp = base.target<asio::thread_pool::executor_type>()) {
-    return std::make_unique<asio::any_io_executor>(asio::make_strand(*tp));
-  }
-  return std::make_unique<asio::any_io_executor>(asio::make_strand(base));
+  if (const auto* tp = base.target<asio::thread_pool::executor_type>()) return asio::make_strand(*tp);
+  return asio::make_strand(base);
 }
 
 }  // namespace
@@ -359,8 +357,8 @@ std::shared_ptr<ChildNode> start_child(const std::shared_ptr<ManagerRun>& run, s
   // In a later run of this manager, a stop left unread from the run before
   // belongs to that run.
   if (core.runs > 1) forget_shutdown(handle);
-  auto node = std::make_shared<ChildNode>(std::move(child), handle, std::move(name), strand_of(run->base), run,
-                                          run->base, std::move(options));
+  auto node = std::make_shared<ChildNode>(std::move(child), handle, std::move(name), executor_of(run->base), run,
+                                          std::move(options));
   node->watches = watch(*node, run);
   bool stop_now = false;
   bool force_now = false;

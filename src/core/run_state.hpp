@@ -469,7 +469,7 @@ class ManagerRun {
       return true;
     }
     const std::string path = core->name + "/" + n.name;
-    if (own_limit && !n.intensity) n.intensity.emplace(ro.max_restarts, ro.window);
+    if (own_limit && !n.intensity) n.intensity = std::make_unique<RestartIntensity>(ro.max_restarts, ro.window);
     RestartIntensity& limit = own_limit ? *n.intensity : intensity;
     if (!limit.record(now)) {
       std::string reason = limit.exceeded();
