@@ -32,7 +32,16 @@ std::shared_ptr<const ChildOptions> checked(const std::string& manager, const Ru
   if (options.start_timeout && options.start_timeout->count() < 0) fail("negative start_timeout");
   if (options.heartbeat_timeout && options.heartbeat_timeout->count() <= 0) fail("heartbeat_timeout must be positive");
   if (options.restart) validate(*options.restart, who);
-  return std::make_shared<const ChildOptions>(options);
+  auto own = std::make_shared<ChildOptions>(options);
+  if (dynamic_cast<const detail::StopsLast*>(&child) != nullptr) own->stop_last = true;
+  return own;
+}
+
+/// The options of a child inserted without any: the defaults (null), or
+/// what a service that stops last needs.
+std::shared_ptr<const ChildOptions> defaults_for(const Runnable& child) {
+  if (dynamic_cast<const detail::StopsLast*>(&child) == nullptr) return nullptr;
+  return std::make_shared<const ChildOptions>(ChildOptions{.stop_last = true});
 }
 
 }  // namespace
@@ -100,7 +109,8 @@ void ProcessManager::insert(std::shared_ptr<Runnable> child) {
     throw std::logic_error("ProcessManager '" + core_->name +
                            "': insert() while the manager runs; use add() to start a child now");
   }
-  core_->inserted.emplace_back(std::move(child), nullptr);
+  auto opts = defaults_for(*child);
+  core_->inserted.emplace_back(std::move(child), std::move(opts));
 }
 
 void ProcessManager::insert(std::shared_ptr<Runnable> child, ChildOptions options) {
@@ -115,7 +125,11 @@ void ProcessManager::insert(std::shared_ptr<Runnable> child, ChildOptions option
   core_->inserted.emplace_back(std::move(child), std::move(opts));
 }
 
-void ProcessManager::add(std::shared_ptr<Runnable> child) { add_with(std::move(child), nullptr); }
+void ProcessManager::add(std::shared_ptr<Runnable> child) {
+  if (!child) throw std::invalid_argument("ProcessManager '" + core_->name + "': add() of a null runnable");
+  auto opts = defaults_for(*child);
+  add_with(std::move(child), std::move(opts));
+}
 
 void ProcessManager::add(std::shared_ptr<Runnable> child, ChildOptions options) {
   if (!child) throw std::invalid_argument("ProcessManager '" + core_->name + "': add() of a null runnable");

@@ -101,7 +101,11 @@ std::string summary(const HealthSummary& h) {
 }  // namespace
 
 struct SystemdNotifier::State {
-  std::shared_ptr<ProcessManager> tree;
+  // A notifier beside the tree keeps it; one inside it (systemd_notifier())
+  // must not, or the tree would own itself.
+  std::weak_ptr<ProcessManager> tree;
+  std::shared_ptr<ProcessManager> owned;
+  std::string tree_name;
   SystemdOptions options;
   sockaddr_un addr{};
   socklen_t addr_len = 0;
@@ -122,7 +126,7 @@ struct SystemdNotifier::State {
     const int err = errno;
     // One warning per notifier: a missing listener would otherwise flood the log.
     if (!warned.exchange(true)) {
-      detail::log_line(LogLevel::warn, tree->process_name(),
+      detail::log_line(LogLevel::warn, tree_name,
                        "systemd notify to '" + *options.socket + "' failed: " + std::strerror(err));
     }
     return false;
@@ -157,16 +161,18 @@ SystemdNotifier::SystemdNotifier(std::shared_ptr<ProcessManager> tree, SystemdOp
     throw std::invalid_argument("SystemdNotifier of '" + tree->process_name() + "': extend_interval must be positive");
   }
   State& s = *state_;
-  s.tree = std::move(tree);
+  s.tree = tree;
+  s.tree_name = tree->process_name();
+  s.owned = std::move(tree);
   if (options.socket) {
     const std::string& where = *options.socket;
     const bool abstract = where.front() == '@';
     if (!abstract && where.front() != '/') {
-      throw std::invalid_argument("SystemdNotifier of '" + s.tree->process_name() + "': notify socket '" + where +
+      throw std::invalid_argument("SystemdNotifier of '" + s.tree_name + "': notify socket '" + where +
                                   "' is neither an absolute path nor an abstract '@name'");
     }
     if (where.size() >= sizeof(s.addr.sun_path) || where.size() < 2) {
-      throw std::invalid_argument("SystemdNotifier of '" + s.tree->process_name() + "': notify socket '" + where +
+      throw std::invalid_argument("SystemdNotifier of '" + s.tree_name + "': notify socket '" + where +
                                   "' has no name or is longer than a unix socket address allows");
     }
     s.addr.sun_family = AF_UNIX;
@@ -175,7 +181,7 @@ SystemdNotifier::SystemdNotifier(std::shared_ptr<ProcessManager> tree, SystemdOp
     s.addr_len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + where.size() + (abstract ? 0 : 1));
     s.fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (s.fd < 0) {
-      detail::log_line(LogLevel::warn, s.tree->process_name(),
+      detail::log_line(LogLevel::warn, s.tree_name,
                        std::string("systemd notify disabled: socket() failed: ") + std::strerror(errno));
     } else {
       s.enabled = true;
@@ -198,7 +204,11 @@ asio::awaitable<void> SystemdNotifier::run() {
   // The frame keeps the state: stop() and the observer may outlive *this.
   const std::shared_ptr<State> s = state_;
   if (!s->enabled) co_return;
-  ProcessManager& tree = *s->tree;
+  // Held by the frame while it runs (never by the state): a notifier
+  // inside its tree is no part of the tree's ownership.
+  const std::shared_ptr<ProcessManager> tree_ref = s->tree.lock();
+  if (!tree_ref) co_return;
+  ProcessManager& tree = *tree_ref;
   const std::string name = tree.process_name();
   asio::steady_timer timer(co_await asio::this_coro::executor);
   auto ticker = co_await s->guard.runtime_ticker();
@@ -307,7 +317,13 @@ asio::awaitable<void> SystemdNotifier::run() {
     if (op.is_next()) continue;
     const RuntimeControlMessage& msg = op.control();
     if (msg.is_shutdown()) {
-      if (!stopping) begin_stopping();
+      // Inside the tree, this comes once every other child has ended: the
+      // stop's last word.
+      if (!stopping) {
+        begin_stopping();
+      } else {
+        s->send(status_line(summary(tree.health())));
+      }
       co_return;
     }
     const Event* e = msg.custom_if<Event>();
@@ -321,6 +337,47 @@ asio::awaitable<void> SystemdNotifier::run() {
       on_state(*e->state);
     }
   }
+}
+
+namespace detail {
+
+/// A SystemdNotifier as a service of the tree it reports on. It stops last
+/// (StopsLast): its manager tells it to stop only once every other child
+/// has ended, so the whole stop is reported (STOPPING=1 when the tree's
+/// stop begins, EXTEND_TIMEOUT_USEC while the rest stops), and its end is
+/// the end of the stop.
+class SystemdService final : public Runnable, public StopsLast {
+ public:
+  SystemdService(const std::shared_ptr<ProcessManager>& tree, SystemdOptions options, std::string name)
+      : notifier_(tree, std::move(options)), name_(std::move(name)) {
+    notifier_.state_->owned.reset();
+  }
+  asio::awaitable<void> process_start() override {
+    if (notifier_.enabled()) {
+      co_await notifier_.run();
+      co_return;
+    }
+    // Nothing to tell: an ordinary, idle child until its manager stops.
+    auto ticker = co_await notifier_.state_->guard.runtime_ticker();
+    for (;;) {
+      if ((co_await ticker.next_control()).is_shutdown()) co_return;
+    }
+  }
+  std::string process_name() const override { return name_; }
+  std::shared_ptr<ProcessControlHandler> process_handle() override { return notifier_.state_->guard.handle(); }
+
+ private:
+  SystemdNotifier notifier_;
+  std::string name_;
+};
+
+}  // namespace detail
+
+ChildFactory systemd_notifier(SystemdOptions options, std::string name) {
+  if (name.empty()) throw std::invalid_argument("systemd_notifier: the service name is empty");
+  return [options = std::move(options), name = std::move(name)](const std::shared_ptr<ProcessManager>& tree) {
+    return std::make_shared<detail::SystemdService>(tree, options, name);
+  };
 }
 
 }  // namespace pm

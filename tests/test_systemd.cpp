@@ -430,4 +430,99 @@ TEST(systemd, stop_ends_a_notifier_whose_tree_never_ran) {
   EXPECT_GE(sd.wait_for_text("STOPPING=1"), 0);
 }
 
+// --- Inserted into the tree it reports on ------------------------------------
+
+/// The index of the first event about `path` entering `state`, or -1.
+long index_of(const std::vector<pm::Event>& events, const std::string& path, pm::ChildState state) {
+  for (std::size_t i = 0; i < events.size(); ++i) {
+    if (events[i].path == path && events[i].kind == pm::EventKind::state && events[i].state == state) {
+      return static_cast<long>(i);
+    }
+  }
+  return -1;
+}
+
+TEST(systemd, a_notifier_in_the_builder_chain_is_told_last_and_reports_the_whole_stop) {
+  NotifyListener sd(socket_path("member"));
+  auto j = std::make_shared<Journal>();
+  auto stubborn = std::make_shared<Probe>("stubborn", j, Behaviour{.ignore_shutdown = true});
+  pm::test::EventRecorder rec;
+  auto m = ProcessManagerBuilder()
+               .name("app")
+               .shutdown_grace_period(300ms)
+               .on_event(rec.hook())
+               .pre_insert_with(pm::systemd_notifier({.socket = sd.where(), .extend_interval = 20ms}))
+               .pre_insert(stubborn)
+               .build();
+  Running run(m);
+  const auto ready = sd.wait_for_text("READY=1");
+  ASSERT_GE(ready, 0);
+  EXPECT_NE(sd.messages()[static_cast<std::size_t>(ready)].find("2 of 2 services running, 2 ready"), std::string::npos)
+      << sd.messages()[static_cast<std::size_t>(ready)];
+
+  run.stop();
+  const auto stopping = sd.wait_for_text("STOPPING=1", static_cast<std::size_t>(ready) + 1);
+  ASSERT_GT(stopping, ready);
+  // 'stubborn' holds the stop for its grace period (300 ms); the notifier,
+  // not told yet, keeps extending systemd's timeout meanwhile.
+  const auto first = sd.wait_for_text("EXTEND_TIMEOUT_USEC=40000", static_cast<std::size_t>(stopping));
+  ASSERT_GE(first, stopping);
+  EXPECT_GT(sd.wait_for_text("EXTEND_TIMEOUT_USEC=40000", static_cast<std::size_t>(first) + 1), first);
+  (void)run.finish();  // 'stubborn' was cancelled after its grace: reported as not stopped in time
+
+  const auto events = rec.events();
+  const auto stubborn_told = index_of(events, "app/stubborn", pm::ChildState::stopping);
+  const auto stubborn_done = index_of(events, "app/stubborn", pm::ChildState::stopped);
+  const auto notifier_told = index_of(events, "app/systemd", pm::ChildState::stopping);
+  const auto notifier_done = index_of(events, "app/systemd", pm::ChildState::stopped);
+  ASSERT_GE(stubborn_told, 0);
+  ASSERT_GE(stubborn_done, 0);
+  ASSERT_GE(notifier_told, 0) << "the notifier was never told to stop";
+  EXPECT_GT(notifier_told, stubborn_done) << "told before the rest of the tree had ended";
+  EXPECT_GT(notifier_done, notifier_told);
+  // Its last word is the stop's last step: itself still running, nothing else.
+  const auto last = sd.wait_for_text("STATUS=stopping: 1 of 1 services running", static_cast<std::size_t>(first) + 1);
+  std::string all;
+  for (const auto& msg : sd.messages()) all.append(msg).append(" | ");
+  EXPECT_GE(last, first) << all;
+}
+
+TEST(systemd, a_notifier_in_the_tree_keeps_no_reference_to_it_and_checks_its_options_at_build) {
+  std::weak_ptr<pm::ProcessManager> weak;
+  {
+    auto m = ProcessManagerBuilder().name("app").pre_insert_with(pm::systemd_notifier({.socket = "@x"})).build();
+    weak = m;
+  }
+  EXPECT_TRUE(weak.expired()) << "the notifier inside the tree keeps the tree alive";
+
+  try {
+    (void)ProcessManagerBuilder().name("app").pre_insert_with(pm::systemd_notifier({.socket = "relative"})).build();
+    ADD_FAILURE() << "a relative notify socket was accepted";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("app"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("relative"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW((void)pm::systemd_notifier({}, ""), std::invalid_argument);
+}
+
+TEST(systemd, without_a_notify_socket_a_notifier_in_the_tree_idles_until_the_tree_stops) {
+  unsetenv("NOTIFY_SOCKET");
+  unsetenv("WATCHDOG_USEC");
+  auto j = std::make_shared<Journal>();
+  auto m = ProcessManagerBuilder()
+               .name("app")
+               .pre_insert_with(pm::systemd_notifier())
+               .pre_insert(std::make_shared<Probe>("worker", j))
+               .build();
+  Running run(m);
+  ASSERT_TRUE(run.wait_ready());
+  const auto st = m->status();
+  const auto* n = st.find("systemd");
+  ASSERT_NE(n, nullptr);
+  EXPECT_EQ(n->state, pm::ChildState::ready);
+  run.stop();
+  EXPECT_EQ(run.finish(), nullptr);
+  EXPECT_EQ(j->count("stop worker"), 1u);
+}
+
 }  // namespace

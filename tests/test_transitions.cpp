@@ -112,7 +112,12 @@ class Books {
   /// The shell hands the stops over after the lock and says so; a
   /// fan-out's grace is started by the tests themselves (on_told_all).
   Actions delivered(Actions act) {
-    if (deliver) run->on_delivered(act.stop, false, now);
+    if (deliver) {
+      const bool fanout = act.stop_fanout;
+      act.stop_fanout = false;  // the tests start a fan-out's grace themselves
+      run->on_delivered(act, now);
+      act.stop_fanout = fanout;
+    }
     return act;
   }
   Actions plan() {
@@ -249,7 +254,7 @@ TEST(transitions, a_member_is_not_restarted_while_the_stop_it_was_told_is_on_its
   EXPECT_EQ(Books::names(b.plan().restart), (Names{"b"}));  // a waits for its stop
   EXPECT_EQ(b.run->next_deadline(), clock::time_point::max()) << "no deadline may spin on a held restart";
   b.run->wake = false;
-  b.run->on_delivered(act.stop, false, b.now);
+  b.run->on_delivered(act, b.now);
   EXPECT_TRUE(b.run->wake) << "the delivery wakes the loop";
   EXPECT_EQ(b["a"].undelivered, 0u);
   EXPECT_EQ(b.run->undelivered, 0u);
@@ -433,6 +438,76 @@ TEST(transitions, a_sequential_stop_goes_in_reverse_each_within_its_own_timeout_
   EXPECT_EQ(Books::names(act.abandoned), (Names{"b"}));
   EXPECT_EQ(b.told(act), (Names{"a"}));  // and straight on to the one before
   EXPECT_EQ(b.run->not_stopped, (Names{"m/b"}));
+}
+
+// --- Stopping last ---------------------------------------------------------
+
+TEST(transitions, a_child_that_stops_last_is_told_once_every_other_child_has_ended) {
+  Books b({.grace = 10s, .abandon = 2s});
+  b.add("a");
+  b.add("n", ChildOptions{.stop_last = true});
+  b.add("c");
+  b.all_ready();
+  auto act = b.stop();
+  EXPECT_EQ(b.told(act), (Names{"c", "a"}));
+  b.run->on_told_all(b.now);
+  b.now = b.t0 + 3s;
+  b.end(b["c"]);
+  EXPECT_TRUE(b.plan().stop.empty()) << "a still runs";
+  b.now = b.t0 + 4s;
+  b.end(b["a"]);
+  EXPECT_EQ(b.told(b.plan()), (Names{"n"}));
+  // Its grace runs from when it was told, not from the stop's start.
+  EXPECT_EQ(b.run->next_deadline(), b.t0 + 14s);
+  b.now = b.t0 + 14s - 1ns;
+  EXPECT_TRUE(b.plan().force.empty());
+  b.now = b.t0 + 14s;
+  EXPECT_EQ(Books::names(b.plan().force), (Names{"n"}));
+}
+
+TEST(transitions, the_others_grace_is_not_held_by_a_child_that_stops_last) {
+  Books b({.grace = 10s, .abandon = 2s});
+  b.add("a");
+  b.add("n", ChildOptions{.stop_last = true});
+  b.stop();
+  b.run->on_told_all(b.now);
+  EXPECT_EQ(b.run->next_deadline(), b.t0 + 10s);  // a's grace; n has no deadline yet
+  b.now = b.t0 + 10s;
+  EXPECT_EQ(Books::names(b.plan().force), (Names{"a"}));
+  b.now = b.t0 + 12s;
+  auto act = b.plan();
+  EXPECT_EQ(Books::names(act.abandoned), (Names{"a"}));
+  EXPECT_EQ(b.told(act), (Names{"n"})) << "told as soon as the others are gone, abandoned ones included";
+}
+
+TEST(transitions, children_that_stop_last_and_are_alone_are_told_at_once) {
+  Books b;
+  b.add("n", ChildOptions{.stop_last = true});
+  b.add("p", ChildOptions{.stop_last = true});
+  EXPECT_EQ(b.told(b.stop()), (Names{"p", "n"}));
+}
+
+TEST(transitions, a_sequential_stop_leaves_the_children_that_stop_last_until_the_end) {
+  Books b({.order = StartOrder::sequential});
+  b.add("a");
+  b.add("n", ChildOptions{.stop_last = true});
+  b.add("c");
+  b.all_ready();
+  b.stop();
+  EXPECT_EQ(b.told(b.plan()), (Names{"c"}));
+  b.end(b["c"]);
+  EXPECT_EQ(b.told(b.plan()), (Names{"a"})) << "n is newer than a, but stops last";
+  b.end(b["a"]);
+  EXPECT_EQ(b.told(b.plan()), (Names{"n"}));
+}
+
+TEST(transitions, a_cancellation_reaches_a_child_that_stops_last_with_the_others) {
+  Books b;
+  b.add("a");
+  b.add("n", ChildOptions{.stop_last = true});
+  Actions act;
+  b.run->plan(b.now, true, act);
+  EXPECT_EQ(Books::names(act.force), (Names{"n", "a"}));
 }
 
 // --- Concurrent stop and its timeouts -------------------------------------

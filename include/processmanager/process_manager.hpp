@@ -76,6 +76,12 @@ struct ChildOptions {
   /// How long shutdown waits for this child before cancelling it; replaces
   /// the manager's grace period for it.
   std::optional<std::chrono::nanoseconds> shutdown_timeout{};
+  /// When the manager stops, it is told only once every other child has
+  /// ended (or been abandoned); its shutdown_timeout, or the grace period,
+  /// runs from then. For what reports on the stop of the rest (the systemd
+  /// notifier, which sets it itself). A cancellation of the manager, and a
+  /// restarting group's stop, reach it as they reach the others.
+  bool stop_last = false;
 };
 
 /// A tree's health in a few numbers (ProcessManager::health()): what the

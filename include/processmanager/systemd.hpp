@@ -11,6 +11,10 @@
 
 namespace pm {
 
+namespace detail {
+class SystemdService;
+}
+
 /// Where a SystemdNotifier sends and how often. Unset fields come from the
 /// environment systemd gives a Type=notify service.
 struct SystemdOptions {
@@ -42,10 +46,10 @@ struct SystemdOptions {
 /// state throughout, control characters in them (a service name with a
 /// newline) replaced by '?', so no text can add a line of its own.
 ///
-/// It runs beside the tree, not in it, because it must outlive the tree's
-/// stop: pm::run starts one for a ProcessManager root (RunOptions::
-/// notify_systemd). Elsewhere, co_spawn run() on a strand of the tree's
-/// io_context; it ends once the tree has run and stopped, or on stop().
+/// pm::run starts one for a ProcessManager root (RunOptions::
+/// notify_systemd). Elsewhere, insert one into the tree it reports on with
+/// systemd_notifier(), or co_spawn run() on a strand of the tree's
+/// io_context: it then ends once the tree has run and stopped, or on stop().
 class SystemdNotifier {
  public:
   /// Reads the options' defaults from the environment. Throws
@@ -72,8 +76,24 @@ class SystemdNotifier {
   void stop();
 
  private:
+  friend class detail::SystemdService;
   struct State;
   std::shared_ptr<State> state_;
 };
+
+/// A SystemdNotifier as a service of the tree it reports on, for the
+/// builder chain: `.pre_insert_with(pm::systemd_notifier())`. It stops last
+/// (ChildOptions::stop_last is set whatever options come with it): the
+/// manager tells it to stop only once every other child has ended, so
+/// STOPPING=1 goes out when the tree's stop begins, EXTEND_TIMEOUT_USEC
+/// while the rest stops, and its own end is the stop's last step. It counts
+/// as one of the tree's services (in STATUS= too), ready once it runs; it
+/// holds no reference to the tree between runs. Without a notify socket it
+/// sends nothing and idles until it is told to stop. Do not insert one into
+/// a tree that pm::run already notifies for (RunOptions::notify_systemd):
+/// systemd would hear everything twice. The options are checked when the
+/// tree is built (as SystemdNotifier's constructor does); an empty `name`
+/// throws std::invalid_argument at once.
+ChildFactory systemd_notifier(SystemdOptions options = {}, std::string name = "systemd");
 
 }  // namespace pm

@@ -178,6 +178,12 @@ struct ChildNode final : ReadinessTarget, std::enable_shared_from_this<ChildNode
   std::chrono::nanoseconds timeout_or(std::chrono::nanoseconds grace) const {
     return options && options->shutdown_timeout ? *options->shutdown_timeout : grace;
   }
+  /// ChildOptions::stop_last.
+  bool stops_last() const { return options && options->stop_last; }
+  /// It has deadlines of its own, so the run looks at it child by child.
+  bool has_own_deadlines() const {
+    return options && (options->shutdown_timeout || options->start_timeout || options->stop_last);
+  }
   /// Moves it to another phase along the graph above. Under the lock.
   void enter(Phase to) {
     assert(phase_step(phase, to));
@@ -459,6 +465,7 @@ struct Actions {
   // Told to stop: each gets a shutdown after the lock, and is then counted
   // delivered (ManagerRun::on_delivered).
   std::vector<std::shared_ptr<ChildNode>> stop;
+  std::size_t counted = 0;  // of them, counted in their ChildNode::undelivered
   std::vector<std::shared_ptr<ChildNode>> force;
   std::vector<std::shared_ptr<Runnable>> abandoned;
   std::vector<std::pair<std::shared_ptr<Runnable>, std::shared_ptr<const ChildOptions>>> start;

@@ -62,7 +62,7 @@ void deliver_stop(ManagerRun& run, const Actions& act) {
   const auto msg = RuntimeControlMessage::shutdown();
   for (const auto& n : act.stop) tell_one(*n->handle, msg);
   std::lock_guard lock(run.core->mu);
-  run.on_delivered(act.stop, act.stop_fanout, clock::now());
+  run.on_delivered(act, clock::now());
 }
 
 void force(const std::vector<std::shared_ptr<ChildNode>>& nodes) {
@@ -380,7 +380,9 @@ std::shared_ptr<ChildNode> start_child(const std::shared_ptr<ManagerRun>& run, s
       ev.previous = ChildState::starting;
       core.queue(std::move(ev));
     }
-    stop_now = run->stopping;
+    // One that stops last waits until the others have ended, unless the
+    // manager has already cancelled them all.
+    stop_now = run->stopping && (run->forcing || !node->stops_last() || run->live == run->lasts);
     if (stop_now) {
       // Added after the manager cancelled its children: cancelled as they
       // were, and abandoned with them at the same bound.
@@ -389,7 +391,7 @@ std::shared_ptr<ChildNode> start_child(const std::shared_ptr<ManagerRun>& run, s
       node->mark = now;
       node->state = ChildState::stopping;
     }
-    if (run->special > 0) run->poke();  // its start timeout joins the deadlines
+    if (run->special > 0) run->poke();  // its start timeout joins the deadlines; a last one's stop
     run->update_ready(readiness);       // a new child makes the manager not ready
   }
   notify_ready(readiness);  // before the events: whoever reacts to one sees readiness up to date

@@ -68,7 +68,8 @@ class ManagerRun {
   ChildNode* tail = nullptr;
   std::size_t live = 0;
   std::size_t ready_count = 0;
-  std::size_t special = 0;  // live children with a shutdown or start timeout of their own
+  std::size_t special = 0;  // live children with deadlines of their own (ChildNode::has_own_deadlines)
+  std::size_t lasts = 0;    // live children told to stop only once the others have ended (stop_last)
   bool accepting = true;
   // The initial children of a concurrent start are still being started: the
   // first ones may be ready before the last ones exist, and that is not ready.
@@ -112,7 +113,8 @@ class ManagerRun {
     n.linked = true;
     ++live;
     books.add(n);
-    if (n.options && (n.options->shutdown_timeout || n.options->start_timeout)) ++special;
+    if (n.has_own_deadlines()) ++special;
+    if (n.stops_last()) ++lasts;
   }
   /// Takes `n` off the books; returns the run's reference to it, to be
   /// released after the lock (its destructor may run user code).
@@ -129,7 +131,8 @@ class ManagerRun {
     if (n.restarting()) --restarts_under_way;
     books.remove(n);
     if (n.ready) --ready_count;
-    if (n.options && (n.options->shutdown_timeout || n.options->start_timeout)) --special;
+    if (n.has_own_deadlines()) --special;
+    if (n.stops_last()) --lasts;
     return std::move(n.keep);
   }
   /// Wakes the run's loop; call with core->mu held.
@@ -203,22 +206,33 @@ class ManagerRun {
       // Newest first, as a sequential stop would; it also suits Asio's
       // timer heap, where the newest timers sit at the end and leave in O(1).
       const auto when = now_us();  // one timestamp for the whole fan-out
-      for (ChildNode* n = tail; n != nullptr; n = n->prev) tell(*n, act, stop_at, when);
+      // A child that stops last is told once it is alone with its like
+      // (tell_lasts, from the loop).
+      const bool alone = live == lasts;
+      for (ChildNode* n = tail; n != nullptr; n = n->prev) {
+        if (alone || !n->stops_last()) tell(*n, act, stop_at, when);
+      }
     }
     poke();
   }
   /// The stops of one Actions were handed to their handles. Restarts held
   /// back for them may begin, the run may end, and after a concurrent
   /// stop's fan-out its grace (and each told child's own timeout) starts.
-  void on_delivered(const std::vector<std::shared_ptr<ChildNode>>& stopped, bool fanout, clock::time_point now) {
+  void on_delivered(const Actions& act, clock::time_point now) {
+    undelivered -= act.stop.size();
     bool wake_loop = false;
-    for (const auto& n : stopped) {
-      --n->undelivered;
-      --undelivered;
-      wake_loop = wake_loop || (n->undelivered == 0 && n->parked());
+    // Only stops told while the run was not stopping can hold a restart
+    // back; a stop's fan-out (tens of thousands of children) is not walked
+    // a second time.
+    if (act.counted > 0) {
+      for (const auto& n : act.stop) {
+        if (n->undelivered == 0) continue;
+        --n->undelivered;
+        wake_loop = wake_loop || (n->undelivered == 0 && n->parked());
+      }
     }
     if (wake_loop || (undelivered == 0 && live == 0)) poke();
-    if (fanout) on_told_all(now);
+    if (act.stop_fanout) on_told_all(now);
   }
   /// A concurrent stop's messages are all handed out: its grace (and each
   /// told child's own timeout) starts now.
@@ -247,8 +261,13 @@ class ManagerRun {
     }
     n.enter(Phase::told);
     act.stop.push_back(n.keep);
-    ++n.undelivered;
     ++undelivered;
+    if (!stopping) {
+      // Told with its group: it may end and be due for its restart before
+      // this stop is handed over. (Once the run stops, nothing restarts.)
+      ++n.undelivered;
+      ++act.counted;
+    }
   }
   void force_one(ChildNode& n, clock::time_point now, Actions& act) {
     if (n.forced() || !(n.runs() || n.restarting())) return;
@@ -366,15 +385,32 @@ class ManagerRun {
         }
         n = next;
       }
+      // Every other child ended, or was abandoned just now.
+      if (lasts > 0 && live == lasts) tell_lasts(now, act);
     }
   }
 
+  /// Every other child has ended: those that stop last are told now.
+  void tell_lasts(clock::time_point now, Actions& act) {
+    for (ChildNode* n = tail; n != nullptr; n = n->prev) {
+      if (!n->told()) tell(*n, act, now);
+    }
+  }
+  /// The child a sequential stop deals with next: the newest, leaving
+  /// those that stop last until they are alone.
+  ChildNode* next_to_stop() const {
+    if (lasts == 0 || live == lasts) return tail;
+    for (ChildNode* n = tail; n != nullptr; n = n->prev) {
+      if (!n->stops_last()) return n;
+    }
+    return tail;
+  }
   /// Reverse insertion order: the last live child is told, waited for (its
   /// own timeout), forced, and abandoned after the bound, before the one
   /// before it is told.
   void plan_sequential_stop(clock::time_point now, Actions& act) {
-    while (tail != nullptr) {
-      ChildNode& n = *tail;
+    while (ChildNode* next = next_to_stop()) {
+      ChildNode& n = *next;
       if (!n.told()) {
         tell(n, act, now);
         return;

@@ -81,6 +81,14 @@ class ReadinessSource {
   ~ReadinessSource() = default;
 };
 
+/// A service that must stop after the rest of its manager's children (the
+/// systemd notifier): inserting or adding it sets ChildOptions::stop_last,
+/// whatever options come with it.
+class StopsLast {
+ protected:
+  ~StopsLast() = default;
+};
+
 /// A handle whose unread shutdown belongs to the run it was sent to. A
 /// supervisor calls forget_shutdown() before it starts the service again,
 /// so that a stop meant for the run that ended never reaches the next one.
