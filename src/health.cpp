@@ -504,6 +504,8 @@ asio::awaitable<void> HealthServer::process_start() {
   } closer{*s, acceptor};
 
   s->port.store(acceptor.local_endpoint().port(), std::memory_order_release);
+  // Ready once on_listening has run (and counted so under explicit_ready).
+  s->guard.defer_readiness();
   auto ticker = co_await s->guard.runtime_ticker();
   detail::log_line(LogLevel::info, s->name,
                    "listening on http://" + s->options.address + ":" + std::to_string(s->port.load()) + "/");

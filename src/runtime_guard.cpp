@@ -186,6 +186,17 @@ void GuardState::notify_ready(bool declared) {
 
 void GuardState::declare_ready() { notify_ready(true); }
 
+bool GuardState::ready_is_moot() const {
+  std::shared_ptr<ReadinessTarget> target;
+  {
+    std::lock_guard lock(mu_);
+    if (defer_ready_ || !alive_.load(std::memory_order_acquire)) return false;
+    target = watcher_.lock();
+  }
+  // Outside the lock: a supervisor's answer may take its own lock.
+  return target && !target->needs_declared_ready();
+}
+
 bool GuardState::watcher_needs_declared_ready() const {
   std::shared_ptr<ReadinessTarget> target;
   {
@@ -214,6 +225,16 @@ void GuardState::detach() noexcept {
 RuntimeGuard::RuntimeGuard() : RuntimeGuard(std::string()) {}
 
 RuntimeGuard::RuntimeGuard(std::string name) : state_(std::make_shared<detail::GuardState>(std::move(name))) {}
+
+void RuntimeGuard::ready() {
+  if (state_->ready_is_moot()) {
+    throw std::logic_error("RuntimeGuard '" + state_->name() +
+                           "': ready() has no effect: the service counted as ready when it took its ticker; call "
+                           "defer_readiness() before runtime_ticker(), or insert it with "
+                           "ChildOptions{.explicit_ready = true}");
+  }
+  state_->declare_ready();
+}
 
 asio::awaitable<RuntimeTicker> RuntimeGuard::runtime_ticker() {
   auto state = state_;

@@ -165,4 +165,63 @@ TEST(context_readiness, defer_readiness_after_the_first_suspension_or_outside_a_
   EXPECT_NE(logic_error_of([&] { idle.defer_readiness(); }).find("'idle'"), std::string::npos);
 }
 
+// A guard service keeps the same promise: its ready() counts, or throws.
+class GuardService final : public pm::Runnable {
+ public:
+  enum class Mode { plain, deferred, before_ticker };
+  GuardService(std::string name, Mode mode) : name_(std::move(name)), mode_(mode), guard_(name_) {}
+  asio::awaitable<void> process_start() override {
+    if (mode_ == Mode::deferred) guard_.defer_readiness();
+    std::string out;
+    if (mode_ == Mode::before_ticker) out += logic_error_of([&] { guard_.ready(); });
+    auto ticker = co_await guard_.runtime_ticker();
+    out += logic_error_of([&] { guard_.ready(); });
+    answer.set_value(out);
+    for (;;) {
+      if ((co_await ticker.next_control()).is_shutdown()) co_return;
+    }
+  }
+  std::string process_name() const override { return name_; }
+  std::shared_ptr<pm::ProcessControlHandler> process_handle() override { return guard_.handle(); }
+  std::promise<std::string> answer;
+
+ private:
+  std::string name_;
+  Mode mode_;
+  pm::RuntimeGuard guard_;
+};
+
+TEST(context_readiness, a_guards_ready_counts_when_readiness_is_held_back_and_throws_when_it_changes_nothing) {
+  using Mode = GuardService::Mode;
+  auto plain = std::make_shared<GuardService>("plain", Mode::plain);
+  auto deferred = std::make_shared<GuardService>("deferred", Mode::deferred);
+  auto early = std::make_shared<GuardService>("early", Mode::before_ticker);
+  auto declared = std::make_shared<GuardService>("declared", Mode::plain);
+  auto m = ProcessManagerBuilder()
+               .name("m")
+               .pre_insert(plain)
+               .pre_insert(deferred)
+               .pre_insert(early)
+               .pre_insert(declared, {.explicit_ready = true})
+               .build();
+  Running run(m, 2);
+  auto said = [](GuardService& g) {
+    auto f = g.answer.get_future();
+    EXPECT_EQ(f.wait_for(pm::test::hang_guard), std::future_status::ready);
+    return f.get();
+  };
+  // Ready since its ticker: the call is a mistake about when it is ready.
+  const std::string refused = said(*plain);
+  EXPECT_NE(refused.find("'plain'"), std::string::npos) << refused;
+  EXPECT_NE(refused.find("defer_readiness()"), std::string::npos) << refused;
+  EXPECT_NE(refused.find("explicit_ready"), std::string::npos) << refused;
+  EXPECT_EQ(said(*deferred), "");
+  EXPECT_EQ(said(*declared), "");
+  // Before its ticker it counts; after it, the service was ready already.
+  EXPECT_NE(said(*early).find("'early'"), std::string::npos);
+  EXPECT_TRUE(run.wait_ready());
+  run.stop();
+  EXPECT_EQ(run.finish(), nullptr);
+}
+
 }  // namespace

@@ -279,7 +279,14 @@ class RuntimeGuard {
   bool is_running() const noexcept { return state_->is_running(); }
   /// Tells the supervisor the service is ready (serving, connected, loaded).
   /// Without defer_readiness() a service is ready once it has its ticker.
-  void ready() { state_->declare_ready(); }
+  /// It counts when readiness is held back (defer_readiness(), or
+  /// ChildOptions::explicit_ready) or when it comes before the ticker. A
+  /// call that can change nothing, because the service counted as ready
+  /// when it took its ticker, throws std::logic_error naming the service
+  /// (as a lambda service's ctx.ready() does): it is a mistake about when
+  /// the service is ready, not to be hidden. A service run by no supervisor
+  /// has nobody to tell, and its ready() does nothing.
+  void ready();
   /// From now on only ready() makes the service ready, not its ticker: call
   /// it before runtime_ticker() in a service that needs time to get ready.
   void defer_readiness() { state_->defer_readiness(); }

@@ -343,6 +343,9 @@ class ManagerCore final : public std::enable_shared_from_this<ManagerCore> {
   std::uint64_t runs = 0;                     // process_start() calls so far
   bool ready = false;                         // every child ready, not stopping
   bool finished = false;                      // a run ended and no other began
+  // A run's loop has ended but its process_start() has not completed (it
+  // delivers its last events): a stop sent now is that run's, not kept.
+  bool closing = false;
   ChildState self_state = ChildState::stopped;
   sys_clock::time_point self_since{};
   std::string self_error;

@@ -110,6 +110,9 @@ void ManagerCore::control(RuntimeControlMessage msg, std::vector<std::shared_ptr
     std::lock_guard lock(mu);
     run = current.lock();
     if (!run || !run->accepting) {
+      // Sent to a run that is finishing: it belongs to that run, and must
+      // not stop the next one. Sent while none runs: kept for the next.
+      if (msg.is_shutdown() && (run || closing)) return;
       pending.push_back(std::move(msg));
       return;
     }

@@ -382,7 +382,9 @@ std::shared_ptr<ChildNode> start_child(const std::shared_ptr<ManagerRun>& run, s
     }
     // One that stops last waits until the others have ended, unless the
     // manager has already cancelled them all.
-    stop_now = run->stopping && (run->forcing || !node->stops_last() || run->live == run->lasts);
+    // While the initial children are still being started (a run that
+    // begins stopping), the others may not exist yet: the loop tells it.
+    stop_now = run->stopping && (run->forcing || !node->stops_last() || (!run->launching && run->live == run->lasts));
     if (stop_now) {
       // Added after the manager cancelled its children: cancelled as they
       // were, and abandoned with them at the same bound.
@@ -403,6 +405,9 @@ std::shared_ptr<ChildNode> start_child(const std::shared_ptr<ManagerRun>& run, s
   // manager would wait for a child that never runs.
   bool told_to_stop = false;
   for (const auto& msg : initial) {
+    // A kept shutdown is the run's stop: a child that stops last is told
+    // it only once the others have ended (by the loop, like any stop).
+    if (msg.is_shutdown() && !stop_now) continue;
     told_to_stop = told_to_stop || msg.is_shutdown();
     tell_one(*handle, msg);
   }
@@ -534,6 +539,7 @@ asio::awaitable<void> run_manager(std::shared_ptr<ManagerCore> core) {
       throw std::logic_error("ProcessManager '" + core->name + "': process_start() called while it is already running");
     }
     core->current = run;
+    core->closing = false;
     ++core->runs;
     core->finished = false;
     core->set_self(ChildState::running);
@@ -570,6 +576,7 @@ asio::awaitable<void> run_manager(std::shared_ptr<ManagerCore> core) {
       run.timer = nullptr;
       run.accepting = false;
       run.awaiting = nullptr;
+      c.closing = false;
       // Torn down unfinished (its io_context destroyed): the manager no
       // longer runs, and must not go on saying it is ready. No event: no
       // one may be left to deliver it to.
@@ -655,7 +662,10 @@ asio::awaitable<void> run_manager(std::shared_ptr<ManagerCore> core) {
     core->set_self(failures.empty() ? ChildState::stopped : ChildState::failed);
     core->finished = true;
     if (!failures.empty()) core->self_error = describe(failures.front());
-    if (core->current.lock() == run) core->current.reset();
+    if (core->current.lock() == run) {
+      core->current.reset();
+      core->closing = true;  // until process_start() completes
+    }
   }
   notify_ready(readiness);
   core->flush();
@@ -681,6 +691,10 @@ asio::awaitable<void> run_manager(std::shared_ptr<ManagerCore> core) {
     };
     co_await asio::async_initiate<const asio::use_awaitable_t<>&, void(boost::system::error_code, bool)>(
         std::move(wait_drained), asio::use_awaitable);
+  }
+  {
+    std::lock_guard lock(core->mu);
+    core->closing = false;
   }
   for (auto& w : waiters) w->complete(true);
   if (!failures.empty()) {

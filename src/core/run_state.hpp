@@ -77,6 +77,10 @@ class ManagerRun {
   bool stopping = false;
   bool telling = false;  // a concurrent stop's messages are still being handed out
   bool forcing = false;
+  // The stop began while a restarting group's members were stopping: their
+  // timeouts run from when the group told them, so the grace is judged
+  // child by child, as when some have timeouts of their own.
+  bool stop_per_child = false;
   clock::time_point stop_at{};
   clock::time_point force_at{};
   std::vector<Failure> failures;
@@ -192,6 +196,7 @@ class ManagerRun {
     if (stopping) return;
     stopping = true;
     stop_at = now;
+    if (group_running > 0) stop_per_child = true;
     core->set_self(ChildState::stopping);
     to_start.clear();  // a sequential start ends here
     awaiting = nullptr;
@@ -239,10 +244,13 @@ class ManagerRun {
   void on_told_all(clock::time_point now) {
     if (!telling) return;
     telling = false;
+    // Those told by the fan-out carry its start as their mark; a member
+    // told earlier by its restarting group keeps its own.
+    const clock::time_point fanout_at = stop_at;
     stop_at = now;
-    if (special > 0) {
+    if (special > 0 || stop_per_child) {
       for (ChildNode* n = head; n != nullptr; n = n->next) {
-        if (n->phase == Phase::told) n->mark = now;
+        if (n->phase == Phase::told && n->mark == fanout_at) n->mark = now;
       }
     }
     poke();
@@ -315,7 +323,7 @@ class ManagerRun {
     clock::time_point d = clock::time_point::max();
     if (forcing) {
       d = sat_add(force_at, core->abandon);
-    } else if (stopping && !sequential() && special == 0 && !telling) {
+    } else if (stopping && !sequential() && special == 0 && !stop_per_child && !telling) {
       d = sat_add(stop_at, core->grace);
     }
     if (!stopping && !parked.empty() && group_running == 0) {
@@ -323,7 +331,7 @@ class ManagerRun {
         if (p->undelivered == 0) d = std::min(d, p->mark);  // else on_delivered wakes the loop
       }
     }
-    if (special > 0 || sequential() || (group_running > 0 && !stopping)) {
+    if (special > 0 || sequential() || stop_per_child || (group_running > 0 && !stopping)) {
       for (const ChildNode* n = head; n != nullptr; n = n->next) {
         if (n->forced()) {
           d = std::min(d, sat_add(n->mark, core->abandon));
@@ -371,7 +379,7 @@ class ManagerRun {
     if (telling) return;  // the grace starts once every child has its message
     if (sequential()) {
       plan_sequential_stop(now, act);
-    } else if (special == 0) {
+    } else if (special == 0 && !stop_per_child) {
       if (now >= sat_add(stop_at, core->grace)) begin_force(now, act);
     } else {
       // Some children have timeouts of their own: each is forced at its

@@ -149,6 +149,10 @@ class GuardState final : public ProcessControlHandler,
 
   /// The service says it is ready.
   void declare_ready();
+  /// Whether a ready() now would change nothing: the ticker made the
+  /// service ready already, and its supervisor does not wait for a
+  /// declared one.
+  bool ready_is_moot() const;
   /// The ticker alone no longer makes the service ready.
   void defer_readiness();
   /// Reports the readiness that comes without a ready() call (a lambda
