@@ -84,9 +84,8 @@ class Books {
 
   /// A child started now (as start_child links it).
   ChildNode& add(const std::string& name, ChildOptions options = {}) {
-    auto node = std::make_shared<ChildNode>(std::make_shared<Named>(name), std::make_shared<Inbox>(), name,
-                                            pm::asio::any_io_executor{}, run,
-                                            std::make_shared<const ChildOptions>(std::move(options)));
+    auto node = std::make_shared<ChildNode>(std::make_shared<Named>(name), std::make_shared<Inbox>(), name, nullptr,
+                                            run, std::make_shared<const ChildOptions>(std::move(options)));
     node->mark = now;
     node->run_started = now;
     run->link(node);

@@ -92,14 +92,15 @@ constexpr bool phase_step(Phase from, Phase to) {
 /// nothing a child holds keeps a run (and so its other children) alive,
 /// and its destructor takes no lock.
 struct ChildNode final : ReadinessTarget, std::enable_shared_from_this<ChildNode> {
-  /// `ex`: its strand, or the manager's base executor when that runs on
+  /// `strand`: its own, or null where the manager's base executor runs on
   /// one thread (a strand there only costs).
   ChildNode(std::shared_ptr<Runnable> r, std::shared_ptr<ProcessControlHandler> h, std::string n,
-            asio::any_io_executor ex, const std::shared_ptr<ManagerRun>& run_, std::shared_ptr<const ChildOptions> o)
+            std::unique_ptr<asio::any_io_executor> strand_, const std::shared_ptr<ManagerRun>& run_,
+            std::shared_ptr<const ChildOptions> o)
       : runnable(std::move(r)),
         handle(std::move(h)),
         name(std::move(n)),
-        exec(std::move(ex)),
+        strand(std::move(strand_)),
         run(run_),
         options(std::move(o)) {}
   void on_ready(bool declared) override;
@@ -107,8 +108,9 @@ struct ChildNode final : ReadinessTarget, std::enable_shared_from_this<ChildNode
   void on_running() override;
   /// `options` is set once, before the node is shared: read without a lock.
   bool needs_declared_ready() const override { return options && options->explicit_ready; }
-  /// Where its coroutine runs.
-  const asio::any_io_executor& executor() const { return exec; }
+  /// Where its coroutine runs: its strand, or its run's base executor
+  /// (`base`), which the caller holds while the run is alive.
+  const asio::any_io_executor& executor(const asio::any_io_executor& base) const { return strand ? *strand : base; }
   ~ChildNode() = default;
   ChildNode(const ChildNode&) = delete;
   ChildNode& operator=(const ChildNode&) = delete;
@@ -117,9 +119,9 @@ struct ChildNode final : ReadinessTarget, std::enable_shared_from_this<ChildNode
   // ones share words (docs/performance.md counts bytes per service).
   std::shared_ptr<Runnable> runnable;
   std::shared_ptr<ProcessControlHandler> handle;
-  const std::string name;            // taken once, before it was linked: no user code under the lock
-  asio::any_io_executor exec;        // its strand, or the run's base where that serialises already
-  asio::cancellation_signal cancel;  // the child coroutine's parent slot
+  const std::string name;                         // taken once, before it was linked: no user code under the lock
+  std::unique_ptr<asio::any_io_executor> strand;  // null: the run's base serialises already
+  asio::cancellation_signal cancel;               // the child coroutine's parent slot
   std::weak_ptr<ManagerRun> run;
   std::shared_ptr<const ChildOptions> options;  // null: the defaults
   std::shared_ptr<ChildNode> keep;              // under the lock: the run's ownership while linked

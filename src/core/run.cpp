@@ -30,13 +30,15 @@ bool single_threaded(asio::io_context& ctx) {
 // A strand per child, except on an io_context that runs on one thread: there
 // a strand only costs (two extra scheduler hops per wake-up, an allocation
 // per child), as Asio's own documentation of implicit strands says.
-asio::any_io_executor executor_of(const asio::any_io_executor& base) {
+std::unique_ptr<asio::any_io_executor> strand_of(const asio::any_io_executor& base) {
   if (const auto* io = base.target<asio::io_context::executor_type>()) {
-    if (single_threaded(io->context())) return base;
-    return asio::make_strand(*io);
+    if (single_threaded(io->context())) return nullptr;
+    return std::make_unique<asio::any_io_executor>(asio::make_strand(*io));
   }
-  if (const auto* tp = base.target<asio::thread_pool::executor_type>()) return asio::make_strand(*tp);
-  return asio::make_strand(base);
+  if (const auto* tp = base.target<asio::thread_pool::executor_type>()) {
+    return std::make_unique<asio::any_io_executor>(asio::make_strand(*tp));
+  }
+  return std::make_unique<asio::any_io_executor>(asio::make_strand(base));
 }
 
 }  // namespace
@@ -65,69 +67,12 @@ void deliver_stop(ManagerRun& run, const Actions& act) {
   run.on_delivered(act, clock::now());
 }
 
-void force(const std::vector<std::shared_ptr<ChildNode>>& nodes) {
+void force(const asio::any_io_executor& base, const std::vector<std::shared_ptr<ChildNode>>& nodes) {
   for (const auto& n : nodes) {
     // Emitted on the child's strand, where its coroutine runs.
-    asio::post(n->executor(), [n] {
+    asio::post(n->executor(base), [n] {
       if (!n->done) n->cancel.emit(asio::cancellation_type::terminal);
     });
-  }
-}
-
-/// A readiness change goes up the tree through each parent's node. Done by
-/// recursion, a tree 15,000 managers deep overflows the stack; so a thread
-/// that is already carrying changes up queues the next one, and the event
-/// flushes they cause run once every change has reached the top, top
-/// first: the order recursion gave, in which whoever reacts to an event
-/// sees readiness up to date all the way up.
-struct Propagation {
-  std::deque<ReadyChange> changes;
-  std::vector<std::shared_ptr<ManagerCore>> flushes;
-};
-thread_local Propagation* propagating = nullptr;
-
-void deliver(ReadyChange& change) noexcept {
-  try {
-    if (change.watch) change.watch(true);
-  } catch (...) {
-    // A watcher that throws must not keep the change from the others.
-  }
-  if (change.target) {
-    if (change.ready) {
-      change.target->on_ready(true);
-    } else {
-      change.target->on_unready();
-    }
-  }
-  for (auto& w : change.waiters) w->complete(change.ready);
-}
-
-void notify_ready(ReadyNotice& who) {
-  if (!who) return;
-  if (propagating != nullptr) {
-    propagating->changes.push_back(std::move(*who));
-    who.reset();
-    return;
-  }
-  Propagation p;
-  propagating = &p;
-  p.changes.push_back(std::move(*who));
-  who.reset();
-  while (!p.changes.empty()) {
-    ReadyChange change = std::move(p.changes.front());
-    p.changes.pop_front();
-    deliver(change);
-  }
-  propagating = nullptr;
-  for (auto it = p.flushes.rbegin(); it != p.flushes.rend(); ++it) (*it)->flush();
-}
-
-/// core.flush(), or after the readiness changes under way on this thread.
-void flush_after(ManagerCore& core) {
-  if (propagating != nullptr) {
-    propagating->flushes.push_back(core.shared_from_this());
-  } else {
-    core.flush();
   }
 }
 
@@ -216,7 +161,7 @@ void child_ended(const std::shared_ptr<ChildNode>& node, const std::exception_pt
   notify_ready(readiness);  // before the events: whoever reacts to one sees readiness up to date
   core.flush();
   deliver_stop(run, act);
-  force(act.force);
+  force(run.base, act.force);
 }
 
 /// The completion handler of a child's coroutine: owns the node until the
@@ -328,18 +273,19 @@ bool watch(ChildNode& node, const std::shared_ptr<ManagerRun>& run) {
   });
 }
 
-void spawn(const std::shared_ptr<ChildNode>& node, asio::awaitable<void> body, bool again) {
+void spawn(const asio::any_io_executor& base, const std::shared_ptr<ChildNode>& node, asio::awaitable<void> body,
+           bool again) {
   // Spawned from a plain post rather than directly: co_spawn's own hop to
   // the strand counts as a continuation, which Asio keeps on the current
   // thread's private queue, so every child of a manager would start on the
   // manager's thread and a busy child could hold the others back. A post
   // goes to the shared queue and wakes an idle thread.
-  asio::post(node->executor(), [node, body = std::move(body), again]() mutable {
+  asio::post(node->executor(base), [node, ex = node->executor(base), body = std::move(body), again]() mutable {
     if (again) node->done = false;  // strand-local, like the coroutine it belongs to
     // A handle that cannot report readiness: running is ready. A guard's
     // handle reports both when the service takes its ticker (on_ready).
     if (!node->watches) node->on_ready(true);
-    asio::co_spawn(node->executor(), std::move(body), ChildDone{node});
+    asio::co_spawn(ex, std::move(body), ChildDone{node});
   });
 }
 
@@ -357,7 +303,7 @@ std::shared_ptr<ChildNode> start_child(const std::shared_ptr<ManagerRun>& run, s
   // In a later run of this manager, a stop left unread from the run before
   // belongs to that run.
   if (core.runs > 1) forget_shutdown(handle);
-  auto node = std::make_shared<ChildNode>(std::move(child), handle, std::move(name), executor_of(run->base), run,
+  auto node = std::make_shared<ChildNode>(std::move(child), handle, std::move(name), strand_of(run->base), run,
                                           std::move(options));
   node->watches = watch(*node, run);
   bool stop_now = false;
@@ -423,8 +369,8 @@ std::shared_ptr<ChildNode> start_child(const std::shared_ptr<ManagerRun>& run, s
     child_ended(node, std::current_exception());
     return node;
   }
-  spawn(node, std::move(body), false);
-  if (force_now) force({node});  // queued behind its start on its strand
+  spawn(run->base, node, std::move(body), false);
+  if (force_now) force(run->base, {node});  // queued behind its start on its strand
   return node;
 }
 
@@ -453,14 +399,14 @@ void restart_child(const std::shared_ptr<ManagerRun>& run, const std::shared_ptr
   // Told to stop (or cancelled) while its restart was on its way: the new
   // run gets that stop first.
   if (phase != Phase::running) tell_one(*node->handle, RuntimeControlMessage::shutdown());
-  spawn(node, std::move(body), true);
-  if (phase == Phase::forced) force({node});  // queued behind its start on its strand
+  spawn(run->base, node, std::move(body), true);
+  if (phase == Phase::forced) force(run->base, {node});  // queued behind its start on its strand
 }
 
 void execute(ManagerRun& run, Actions& act) {
   run.core->flush();
   deliver_stop(run, act);
-  force(act.force);
+  force(run.base, act.force);
 }
 
 /// Waits on the run's timer until its deadline or a poke. The wait is set
