@@ -206,6 +206,9 @@ TEST(systemd_in_tree, notifier_without_socket_tree_run_twice) {
                .build();
   for (int round = 1; round <= 3; ++round) {
     Running run(m);
+    // A manager between runs has stopped as far as wait_ready() can tell:
+    // wait until this run has begun.
+    ASSERT_TRUE(j->wait_for("start w", static_cast<std::size_t>(round))) << "round " << round;
     ASSERT_TRUE(run.wait_ready(10s)) << "round " << round;
     run.stop();
     EXPECT_EQ(run.finish(), nullptr);
