@@ -439,6 +439,23 @@ TEST(transitions, a_sequential_stop_goes_in_reverse_each_within_its_own_timeout_
   EXPECT_EQ(b.run->not_stopped, (Names{"m/b"}));
 }
 
+TEST(transitions, a_group_members_timeout_runs_from_when_its_group_told_it_not_from_the_managers_stop) {
+  Books b({.strategy = Strategy::one_for_all, .grace = 10s});
+  b.add("a");
+  b.add("own", ChildOptions{.shutdown_timeout = 1s});
+  b.add("plain");
+  b.all_ready();
+  EXPECT_EQ(b.told(b.end(b["a"], true)), (Names{"plain", "own"}));  // their group stops at t0
+  b.now = b.t0 + 600ms;
+  b.stop();  // the manager's stop reaches no one new
+  b.run->on_told_all(b.now);
+  EXPECT_EQ(b.run->next_deadline(), b.t0 + 1s) << "own's 1 s runs from t0";
+  b.now = b.t0 + 1s;
+  EXPECT_EQ(Books::names(b.plan().force), (Names{"own"}));
+  b.now = b.t0 + 10s;  // plain's grace, also from when its group told it
+  EXPECT_EQ(Books::names(b.plan().force), (Names{"plain"}));
+}
+
 // --- Stopping last ---------------------------------------------------------
 
 TEST(transitions, a_child_that_stops_last_is_told_once_every_other_child_has_ended) {
