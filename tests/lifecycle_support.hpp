@@ -256,8 +256,8 @@ class EventRecorder {
 class Running {
  public:
   explicit Running(std::shared_ptr<ProcessManager> manager, std::size_t threads = 2)
-      : io_(static_cast<int>(threads)), manager_(std::move(manager)) {
-    asio::co_spawn(asio::make_strand(io_), manager_->process_start(), [this](std::exception_ptr e) {
+      : io_(static_cast<int>(threads)), strand_(asio::make_strand(io_)), manager_(std::move(manager)) {
+    asio::co_spawn(strand_, manager_->process_start(), [this](std::exception_ptr e) {
       error_ = e;
       done_.set();
     });
@@ -272,9 +272,12 @@ class Running {
       runner_.join();
     }
   }
-  /// wait_ready(timeout) on the manager, from this thread.
+  /// wait_ready(timeout) on the manager, from this thread, once its run has
+  /// begun: a manager that ran before answers false at once between runs,
+  /// and the run's start is queued on the strand this wait is queued on
+  /// after it, so the wait cannot overtake it.
   bool wait_ready(std::chrono::nanoseconds timeout = hang_guard) {
-    return asio::co_spawn(io_, manager_->wait_ready(timeout), asio::use_future).get();
+    return asio::co_spawn(strand_, manager_->wait_ready(timeout), asio::use_future).get();
   }
   void stop() {
     auto h = manager_->process_handle();
@@ -290,6 +293,7 @@ class Running {
 
  private:
   asio::io_context io_;
+  asio::strand<asio::io_context::executor_type> strand_;
   std::shared_ptr<ProcessManager> manager_;
   std::exception_ptr error_;
   Event done_;
