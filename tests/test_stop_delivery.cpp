@@ -226,4 +226,40 @@ TEST(stop_delivery, stop_sent_to_a_finishing_run_does_not_reach_the_next_run) {
   work.reset();
 }
 
+// A shutdown sent from a thread outside the io_context holds the children
+// it tells until it has told them. The run may end, and the io_context be
+// destroyed, as soon as that thread says they were told: it must have let
+// go of them by then, or the last reference to a child (with the strand it
+// runs on) goes after the io_context. TSan saw "use of a destroyed mutex"
+// in a strand's destructor that way; ASan sees a use after free. Many
+// children that end at once widen the window.
+TEST(stop_delivery, a_stop_from_another_thread_lets_go_of_the_children_before_the_run_ends_200) {
+  for (int i = 0; i < 200; ++i) {
+    auto b = ProcessManagerBuilder().name("m");
+    std::vector<std::shared_ptr<pm::test::IdleService>> kids;
+    for (int k = 0; k < 64; ++k) {
+      kids.push_back(std::make_shared<pm::test::IdleService>("k" + std::to_string(k)));
+      b.pre_insert(kids.back());
+    }
+    auto m = b.build();
+    std::thread stopper;
+    std::exception_ptr error;
+    {
+      asio::io_context io(2);
+      asio::co_spawn(asio::make_strand(io), m->process_start(), [&](std::exception_ptr e) { error = e; });
+      stopper = std::thread([&] {
+        const auto guard = Clock::now() + pm::test::hang_guard;
+        for (const auto& k : kids) {
+          while (k->started == 0 && Clock::now() < guard) std::this_thread::yield();
+        }
+        m->process_handle()->request_shutdown();
+      });
+      pm::test::run_io(io, 2);
+    }  // the io_context goes while the stopper may still be returning
+    stopper.join();
+    ASSERT_EQ(error, nullptr) << "iteration " << i;
+    for (const auto& k : kids) ASSERT_EQ(k->stopped, 1) << "iteration " << i;
+  }
+}
+
 }  // namespace

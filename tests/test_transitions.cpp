@@ -115,6 +115,7 @@ class Books {
       const bool fanout = act.stop_fanout;
       act.stop_fanout = false;  // the tests start a fan-out's grace themselves
       run->on_delivered(act, now);
+      run->on_released(act.stop.size());
       act.stop_fanout = fanout;
     }
     return act;
@@ -256,6 +257,8 @@ TEST(transitions, a_member_is_not_restarted_while_the_stop_it_was_told_is_on_its
   b.run->on_delivered(act, b.now);
   EXPECT_TRUE(b.run->wake) << "the delivery wakes the loop";
   EXPECT_EQ(b["a"].undelivered, 0u);
+  EXPECT_EQ(b.run->undelivered, 1u) << "the run ends only once the delivering thread lets go of its children";
+  b.run->on_released(act.stop.size());
   EXPECT_EQ(b.run->undelivered, 0u);
   EXPECT_EQ(Books::names(b.plan().restart), (Names{"a"}));
 }

@@ -490,8 +490,10 @@ void flush_after(ManagerCore& core);
 void tell_one(ProcessControlHandler& handle, const RuntimeControlMessage& msg) noexcept;
 /// control(msg) on each handle; a handle that throws keeps it from none.
 void tell_all(const std::vector<std::shared_ptr<ProcessControlHandler>>& handles, const RuntimeControlMessage& msg);
-/// Hands out the stops of `act`, then tells the run they were delivered.
-void deliver_stop(ManagerRun& run, const Actions& act);
+/// Hands out the stops of `act` (and, with `also_force`, its cancellations),
+/// tells the run they were delivered, then lets go of act.stop and
+/// act.force before the run may end.
+void deliver_stop(ManagerRun& run, Actions& act, bool also_force = false);
 /// Starts one child in `run` (from the loop, or add()); throws for a child
 /// that cannot be started, or when the run no longer accepts children.
 std::shared_ptr<ChildNode> start_child(const std::shared_ptr<ManagerRun>& run, std::shared_ptr<Runnable> child,

@@ -59,14 +59,6 @@ void tell_all(const std::vector<std::shared_ptr<ProcessControlHandler>>& handles
 /// Hands out the stop messages of `act`, then says so to the run: a
 /// concurrent stop's grace starts, and restarts held back for them go on.
 /// The nodes in `act` are released by its owner, after the lock.
-void deliver_stop(ManagerRun& run, const Actions& act) {
-  if (act.stop.empty() && !act.stop_fanout) return;
-  const auto msg = RuntimeControlMessage::shutdown();
-  for (const auto& n : act.stop) tell_one(*n->handle, msg);
-  std::lock_guard lock(run.core->mu);
-  run.on_delivered(act, clock::now());
-}
-
 void force(const asio::any_io_executor& base, const std::vector<std::shared_ptr<ChildNode>>& nodes) {
   for (const auto& n : nodes) {
     // Emitted on the child's strand, where its coroutine runs.
@@ -74,6 +66,30 @@ void force(const asio::any_io_executor& base, const std::vector<std::shared_ptr<
       if (!n->done) n->cancel.emit(asio::cancellation_type::terminal);
     });
   }
+}
+
+void deliver_stop(ManagerRun& run, Actions& act, bool also_force) {
+  if (act.stop.empty() && !act.stop_fanout) {
+    if (also_force) force(run.base, act.force);
+    return;
+  }
+  const auto msg = RuntimeControlMessage::shutdown();
+  for (const auto& n : act.stop) tell_one(*n->handle, msg);
+  {
+    std::lock_guard lock(run.core->mu);
+    run.on_delivered(act, clock::now());
+  }
+  if (also_force) force(run.base, act.force);
+  // Once the run's count of stops on their way reaches zero it may end, and
+  // its io_context may be destroyed: a thread outside it (a shutdown sent
+  // from anywhere) must have let go of the children first, or the last
+  // reference to one (and to its strand) could go after the io_context.
+  // Let go outside the lock: a child's destructor may run user code.
+  const std::size_t told = act.stop.size();
+  act.stop.clear();
+  act.force.clear();
+  std::lock_guard lock(run.core->mu);
+  run.on_released(told);
 }
 
 /// Carries out what plan() decided, outside the lock.
@@ -160,8 +176,7 @@ void child_ended(const std::shared_ptr<ChildNode>& node, const std::exception_pt
   }
   notify_ready(readiness);  // before the events: whoever reacts to one sees readiness up to date
   core.flush();
-  deliver_stop(run, act);
-  force(run.base, act.force);
+  deliver_stop(run, act, true);
 }
 
 /// The completion handler of a child's coroutine: owns the node until the
@@ -273,20 +288,27 @@ bool watch(ChildNode& node, const std::shared_ptr<ManagerRun>& run) {
   });
 }
 
-void spawn(const asio::any_io_executor& base, const std::shared_ptr<ChildNode>& node, asio::awaitable<void> body,
+void spawn(const std::shared_ptr<ManagerRun>& run, const std::shared_ptr<ChildNode>& node, asio::awaitable<void> body,
            bool again) {
   // Spawned from a plain post rather than directly: co_spawn's own hop to
   // the strand counts as a continuation, which Asio keeps on the current
   // thread's private queue, so every child of a manager would start on the
   // manager's thread and a busy child could hold the others back. A post
-  // goes to the shared queue and wakes an idle thread.
-  asio::post(node->executor(base), [node, ex = node->executor(base), body = std::move(body), again]() mutable {
-    if (again) node->done = false;  // strand-local, like the coroutine it belongs to
-    // A handle that cannot report readiness: running is ready. A guard's
-    // handle reports both when the service takes its ticker (on_ready).
-    if (!node->watches) node->on_ready(true);
-    asio::co_spawn(ex, std::move(body), ChildDone{node});
-  });
+  // goes to the shared queue and wakes an idle thread. The handler holds
+  // the run weakly rather than a copy of its executor (16 bytes, not 56): a
+  // manager posts all its children's starts at once, so that is 4 MB of
+  // peak at 100k children. A run that is gone by the time the start comes
+  // round gave up on this child, which then never starts.
+  asio::post(node->executor(run->base),
+             [node, weak = std::weak_ptr<ManagerRun>(run), body = std::move(body), again]() mutable {
+               const auto alive = weak.lock();
+               if (!alive) return;
+               if (again) node->done = false;  // strand-local, like the coroutine it belongs to
+               // A handle that cannot report readiness: running is ready. A guard's
+               // handle reports both when the service takes its ticker (on_ready).
+               if (!node->watches) node->on_ready(true);
+               asio::co_spawn(node->executor(alive->base), std::move(body), ChildDone{node});
+             });
 }
 
 std::shared_ptr<ChildNode> start_child(const std::shared_ptr<ManagerRun>& run, std::shared_ptr<Runnable> child,
@@ -369,7 +391,7 @@ std::shared_ptr<ChildNode> start_child(const std::shared_ptr<ManagerRun>& run, s
     child_ended(node, std::current_exception());
     return node;
   }
-  spawn(run->base, node, std::move(body), false);
+  spawn(run, node, std::move(body), false);
   if (force_now) force(run->base, {node});  // queued behind its start on its strand
   return node;
 }
@@ -399,14 +421,13 @@ void restart_child(const std::shared_ptr<ManagerRun>& run, const std::shared_ptr
   // Told to stop (or cancelled) while its restart was on its way: the new
   // run gets that stop first.
   if (phase != Phase::running) tell_one(*node->handle, RuntimeControlMessage::shutdown());
-  spawn(run->base, node, std::move(body), true);
+  spawn(run, node, std::move(body), true);
   if (phase == Phase::forced) force(run->base, {node});  // queued behind its start on its strand
 }
 
 void execute(ManagerRun& run, Actions& act) {
   run.core->flush();
-  deliver_stop(run, act);
-  force(run.base, act.force);
+  deliver_stop(run, act, true);
 }
 
 /// Waits on the run's timer until its deadline or a poke. The wait is set

@@ -223,8 +223,8 @@ class ManagerRun {
   /// The stops of one Actions were handed to their handles. Restarts held
   /// back for them may begin, the run may end, and after a concurrent
   /// stop's fan-out its grace (and each told child's own timeout) starts.
+  /// The count of stops on their way drops only in on_released().
   void on_delivered(const Actions& act, clock::time_point now) {
-    undelivered -= act.stop.size();
     bool wake_loop = false;
     // Only stops told while the run was not stopping can hold a restart
     // back; a stop's fan-out (tens of thousands of children) is not walked
@@ -236,8 +236,14 @@ class ManagerRun {
         wake_loop = wake_loop || (n->undelivered == 0 && n->parked());
       }
     }
-    if (wake_loop || (undelivered == 0 && live == 0)) poke();
+    if (wake_loop) poke();
     if (act.stop_fanout) on_told_all(now);
+  }
+  /// The thread that delivered `told` stops holds no child of this run any
+  /// more: the run may end once none is on its way.
+  void on_released(std::size_t told) {
+    undelivered -= told;
+    if (undelivered == 0 && live == 0) poke();
   }
   /// A concurrent stop's messages are all handed out: its grace (and each
   /// told child's own timeout) starts now.

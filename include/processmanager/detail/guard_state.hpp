@@ -197,6 +197,7 @@ class GuardState final : public ProcessControlHandler,
   const std::string name_;
   Heartbeat heartbeat_;
 
+  // Guarded by mu_ (control() comes from any thread), except the atomics.
   mutable std::mutex mu_;
   // A FIFO: the oldest message inline, the rest in a vector read from
   // index head_. The inline slot spares the allocation in the common case
@@ -204,21 +205,25 @@ class GuardState final : public ProcessControlHandler,
   // unlike std::deque (which allocates a block up front in libstdc++) the
   // vector costs nothing until a second message waits.
   RuntimeControlMessage first_;
-  bool has_first_ = false;
   std::vector<RuntimeControlMessage> inbox_;
   std::size_t head_ = 0;
   asio::any_io_executor ex_;
-  bool wake_posted_ = false;
-  bool defer_ready_ = false;
   std::weak_ptr<ReadinessTarget> watcher_;
   std::shared_ptr<ReadinessTarget> owned_watcher_;  // a watch_readiness() function, kept here
   std::uint64_t generation_ = 0;
   std::atomic<std::size_t> pending_{0};
-  std::atomic<bool> alive_{false};
 
+  // Touched only on the ticker's executor.
   asio::cancellation_signal* waiting_ = nullptr;
-  bool emitted_ = false;
   asio::cancellation_signal own_;
+
+  // The flags of both halves side by side, in one word rather than one
+  // each: one guard per service, so 32 bytes here are 3 MB at 100k.
+  bool has_first_ = false;    // mu_
+  bool wake_posted_ = false;  // mu_
+  bool defer_ready_ = false;  // mu_
+  std::atomic<bool> alive_{false};
+  bool emitted_ = false;  // the ticker's executor
 };
 
 }  // namespace pm::detail
