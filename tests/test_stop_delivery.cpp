@@ -226,26 +226,52 @@ TEST(stop_delivery, stop_sent_to_a_finishing_run_does_not_reach_the_next_run) {
   work.reset();
 }
 
+/// A handle made afresh for each run, so that the manager's record of the
+/// child holds the only reference to it, and whose destructor dawdles: the
+/// record's release then takes a while, on whichever thread drops it last.
+class SlowToDropHandle final : public pm::ProcessControlHandler {
+ public:
+  explicit SlowToDropHandle(std::shared_ptr<pm::ProcessControlHandler> inner) : inner_(std::move(inner)) {}
+  ~SlowToDropHandle() override { std::this_thread::sleep_for(20ms); }
+  void control(pm::RuntimeControlMessage msg) override { inner_->control(std::move(msg)); }
+
+ private:
+  std::shared_ptr<pm::ProcessControlHandler> inner_;
+};
+
+class SlowToDrop final : public pm::test::IdleService {
+ public:
+  SlowToDrop() : IdleService("slow") {}
+  std::shared_ptr<pm::ProcessControlHandler> process_handle() override {
+    return std::make_shared<SlowToDropHandle>(IdleService::process_handle());
+  }
+};
+
 // A shutdown sent from a thread outside the io_context holds the children
-// it tells until it has told them. The run may end, and the io_context be
-// destroyed, as soon as that thread says they were told: it must have let
-// go of them by then, or the last reference to a child (with the strand it
-// runs on) goes after the io_context. TSan saw "use of a destroyed mutex"
-// in a strand's destructor that way; ASan sees a use after free. Many
-// children that end at once widen the window.
-TEST(stop_delivery, a_stop_from_another_thread_lets_go_of_the_children_before_the_run_ends_200) {
-  for (int i = 0; i < 200; ++i) {
+// it tells. The run may end before that thread has returned, but io.run()
+// must not: the io_context's owner destroys it once io.run() returns, and
+// the last reference to a child (with the strand it runs on) must not go
+// after that. TSan saw "use of a destroyed mutex" in a strand's destructor
+// that way (CI); ASan sees a use after free. The children end at once, and
+// the slow child's record is slow to drop, which keeps the records behind
+// it in the stopping thread's hands for a while. Before the fix ASan
+// failed this test in most runs; it cannot fail by timing once the thread
+// inside control() holds work on the run's executor.
+TEST(stop_delivery, a_stop_from_another_thread_lets_go_of_the_children_before_the_io_context_can_go) {
+  for (int i = 0; i < 10; ++i) {
     auto b = ProcessManagerBuilder().name("m");
     std::vector<std::shared_ptr<pm::test::IdleService>> kids;
-    for (int k = 0; k < 64; ++k) {
-      kids.push_back(std::make_shared<pm::test::IdleService>("k" + std::to_string(k)));
-      b.pre_insert(kids.back());
-    }
+    for (int k = 0; k < 3; ++k)
+      kids.push_back(std::make_shared<pm::test::IdleService>(std::string("a").append(std::to_string(k))));
+    kids.push_back(std::make_shared<SlowToDrop>());
+    for (int k = 0; k < 3; ++k)
+      kids.push_back(std::make_shared<pm::test::IdleService>(std::string("b").append(std::to_string(k))));
+    for (const auto& k : kids) b.pre_insert(k);
     auto m = b.build();
     std::thread stopper;
     std::exception_ptr error;
     {
-      asio::io_context io(2);
+      asio::io_context io(2);  // several threads: every child has a strand
       asio::co_spawn(asio::make_strand(io), m->process_start(), [&](std::exception_ptr e) { error = e; });
       stopper = std::thread([&] {
         const auto guard = Clock::now() + pm::test::hang_guard;
@@ -255,7 +281,7 @@ TEST(stop_delivery, a_stop_from_another_thread_lets_go_of_the_children_before_th
         m->process_handle()->request_shutdown();
       });
       pm::test::run_io(io, 2);
-    }  // the io_context goes while the stopper may still be returning
+    }  // the io_context goes as soon as io.run() has returned
     stopper.join();
     ASSERT_EQ(error, nullptr) << "iteration " << i;
     for (const auto& k : kids) ASSERT_EQ(k->stopped, 1) << "iteration " << i;

@@ -104,6 +104,12 @@ void attach_parent(ManagerCore& nested, const std::shared_ptr<ManagerCore>& pare
 }
 
 void ManagerCore::control(RuntimeControlMessage msg, std::vector<std::shared_ptr<ProcessControlHandler>>* awaited) {
+  // Counted work on the run's executor, taken while the run still accepts
+  // and let go last: control() may come from a thread that runs no
+  // io_context, and the run may end while this thread still holds its
+  // children (and their strands) here. Without it, io.run() could return
+  // and the io_context be destroyed under this thread.
+  std::optional<asio::any_io_executor> work;
   std::shared_ptr<ManagerRun> run;  // released after the lock
   Actions act;
   {
@@ -116,6 +122,7 @@ void ManagerCore::control(RuntimeControlMessage msg, std::vector<std::shared_ptr
       pending.push_back(std::move(msg));
       return;
     }
+    work.emplace(asio::prefer(run->base, asio::execution::outstanding_work.tracked));
     if (msg.is_shutdown()) {
       // A manager asks each child to stop once: a second shutdown (a second
       // signal, a parent's stop after a failure here) changes nothing.

@@ -645,6 +645,12 @@ asio::awaitable<void> run_manager(std::shared_ptr<ManagerCore> core) {
     busy = core->dispatching || !core->events.empty();
   }
   if (busy) {
+    // The waiter holds no work (it may belong to another io_context, which
+    // may go first), but this wait is the run's own: without the hold, the
+    // io_context could run out of work while another thread delivers the
+    // last events, io.run() would return with the run unfinished, and its
+    // owner could destroy the io_context under that thread.
+    const auto hold = asio::prefer(run->base, asio::execution::outstanding_work.tracked);
     auto wait_drained = [&core](auto handler) {
       auto w = Waiter::make(std::move(handler));
       {
