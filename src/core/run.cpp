@@ -56,9 +56,7 @@ void tell_all(const std::vector<std::shared_ptr<ProcessControlHandler>>& handles
   for (const auto& h : handles) tell_one(*h, msg);
 }
 
-/// Hands out the stop messages of `act`, then says so to the run: a
-/// concurrent stop's grace starts, and restarts held back for them go on.
-/// The nodes in `act` are released by its owner, after the lock.
+/// Posts a terminal cancellation to each node, on its own executor.
 void force(const asio::any_io_executor& base, const std::vector<std::shared_ptr<ChildNode>>& nodes) {
   for (const auto& n : nodes) {
     // Emitted on the child's strand, where its coroutine runs.
@@ -68,6 +66,8 @@ void force(const asio::any_io_executor& base, const std::vector<std::shared_ptr<
   }
 }
 
+/// Hands out the stop messages of `act`, then says so to the run: a
+/// concurrent stop's grace starts, and restarts held back for them go on.
 void deliver_stop(ManagerRun& run, Actions& act, bool also_force) {
   if (act.stop.empty() && !act.stop_fanout) {
     if (also_force) force(run.base, act.force);
