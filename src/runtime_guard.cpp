@@ -33,6 +33,24 @@ bool is_operation_aborted(const std::exception_ptr& e) noexcept {
   }
 }
 
+void CompactMutex::lock_contended() noexcept {
+  // A short spin first: the sections it guards are a few dozen
+  // instructions, so a holder usually lets go sooner than a sleep pays off.
+  for (int spin = 0; spin < 64; ++spin) {
+    std::uint32_t seen = state_.load(std::memory_order_relaxed);
+    if (seen == 0 && state_.compare_exchange_weak(seen, 1, std::memory_order_acquire, std::memory_order_relaxed))
+      return;
+    if (seen == 2) break;  // others sleep already: queue behind them
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+  }
+  // Marked "sleepers possible" before sleeping. Whoever takes it by this
+  // exchange keeps the mark, so its unlock() wakes the next sleeper (at
+  // worst one wake-up too many, never one too few).
+  while (state_.exchange(2, std::memory_order_acquire) != 0) state_.wait(2, std::memory_order_relaxed);
+}
+
 void throw_ticker_moved_from() { throw std::logic_error("RuntimeTicker used after it was moved from"); }
 
 void GuardState::control(RuntimeControlMessage msg) {
@@ -83,7 +101,7 @@ RuntimeControlMessage GuardState::take() {
   if (++head_ == inbox_.size()) {
     inbox_.clear();  // keeps the capacity for the next burst
     head_ = 0;
-  } else if (head_ >= 64 && head_ * 2 >= inbox_.size()) {
+  } else if (head_ >= 64 && std::size_t{head_} * 2 >= inbox_.size()) {
     // An inbox that never quite drains: drop the taken half, amortised O(1).
     inbox_.erase(inbox_.begin(), inbox_.begin() + static_cast<std::ptrdiff_t>(head_));
     head_ = 0;
@@ -141,7 +159,7 @@ void GuardState::forget_shutdown() {
     inbox_.clear();
     head_ = 0;
   }
-  pending_.fetch_sub(dropped, std::memory_order_release);
+  pending_.fetch_sub(static_cast<std::uint32_t>(dropped), std::memory_order_release);
 }
 
 namespace {

@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <array>
+#include <atomic>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -307,3 +309,47 @@ TEST(runtime_guard, a_moved_from_ticker_throws_logic_error) {
 }
 
 }  // namespace
+
+// The guard's four-byte mutex (detail/compact_mutex.hpp). A plain counter
+// under it: a lost exclusion loses increments, and TSan sees a missing
+// acquire/release as a race on the counter.
+TEST(compact_mutex, excludes_and_wakes_every_sleeper_under_contention) {
+  pm::detail::CompactMutex mu;
+  std::size_t counter = 0;  // guarded by mu
+  constexpr std::size_t threads = 4;
+  constexpr std::size_t rounds = 50000;
+  std::atomic<std::size_t> arrived{0};
+  std::vector<std::thread> pool;
+  mu.lock();  // every thread starts by queueing behind this: the slow path, and the wake-up
+  for (std::size_t t = 0; t < threads; ++t) {
+    pool.emplace_back([&] {
+      arrived.fetch_add(1);
+      for (std::size_t i = 0; i < rounds; ++i) {
+        std::lock_guard lock(mu);
+        ++counter;
+        if (i % 1024 == 0) std::this_thread::yield();  // held across a yield: others spin out and sleep
+      }
+    });
+  }
+  while (arrived.load() < threads) std::this_thread::yield();
+  for (int i = 0; i < 1000; ++i) std::this_thread::yield();
+  ++counter;
+  mu.unlock();
+  for (auto& t : pool) t.join();
+  std::lock_guard lock(mu);
+  EXPECT_EQ(counter, threads * rounds + 1);
+}
+
+TEST(compact_mutex, try_lock_fails_while_held_and_succeeds_once_free) {
+  pm::detail::CompactMutex mu;
+  ASSERT_TRUE(mu.try_lock());
+  bool other = true;
+  std::thread([&] { other = mu.try_lock(); }).join();
+  EXPECT_FALSE(other);
+  mu.unlock();
+  std::thread([&] {
+    other = mu.try_lock();
+    if (other) mu.unlock();
+  }).join();
+  EXPECT_TRUE(other);
+}

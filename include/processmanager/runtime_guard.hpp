@@ -90,6 +90,27 @@ constexpr std::index_sequence<(I + Offset)...> shift(std::index_sequence<I...>) 
   return {};
 }
 
+// Starts tick()'s work with its cancellation slot bound to `slot`: the
+// slot of the caller's cancellation state where it has one (the slot Asio
+// would have given the work anyway), else the guard's own. Binding it
+// explicitly gives tick() one co_await for both cases; each co_await site
+// adds its awaiter to the frame, which lives as long as every idle
+// service's wait (docs/performance.md counts its bytes). `Tupled`: the
+// handler takes the completion values as one tuple, as as_tuple makes them.
+template <class Op, bool Tupled>
+struct start_in_slot {
+  Op* op;
+  asio::cancellation_slot slot;
+  template <class Handler>
+  void operator()(Handler&& handler) const {
+    if constexpr (Tupled) {
+      std::move (*op)(asio::as_tuple(asio::bind_cancellation_slot(slot, std::forward<Handler>(handler))));
+    } else {
+      std::move (*op)(asio::bind_cancellation_slot(slot, std::forward<Handler>(handler)));
+    }
+  }
+};
+
 [[noreturn]] void throw_ticker_moved_from();
 
 }  // namespace detail
@@ -193,46 +214,38 @@ class RuntimeTicker {
     } else {
       using Tuple = typename detail::tick_traits<Op>::tuple_type;
       using Traits = detail::completion_traits<Tuple>;
+      s.begin_wait(sig);
       if constexpr (!Traits::has_error && std::tuple_size_v<Tuple> == 0) {
         // Work that cannot fail and yields nothing (a post, a dispatch):
-        // awaited as it is, without a tuple to carry an error through, and
-        // as an async operation rather than through use_awaitable, which
-        // would wrap it in a coroutine frame of its own.
-        if (!own) {
-          s.begin_wait(sig);
-          co_await std::move(op);
-          s.end_wait();
-          co_return Result::from_next();
-        }
-      }
-      std::optional<Tuple> done;
-      s.begin_wait(sig);
-      if (!own) {
-        // Awaited as an async operation, like the post above: no frame.
-        auto tupled = std::move(op)(asio::as_tuple(asio::deferred));
-        done.emplace(co_await std::move(tupled));
+        // awaited without a tuple to carry an error through.
+        co_await asio::async_initiate<const asio::deferred_t&, void()>(
+            detail::start_in_slot<Op, false>{&op, sig->slot()}, asio::deferred);
+        s.end_wait();
+        co_return Result::from_next();
       } else {
-        auto token = asio::as_tuple(asio::bind_cancellation_slot(sig->slot(), asio::use_awaitable));
-        done.emplace(co_await std::move(op)(token));
-      }
-      const bool ours = s.end_wait();
-      constexpr std::size_t first = Traits::has_error ? 1 : 0;
-      if constexpr (Traits::has_error) {
-        auto& err = std::get<0>(*done);
-        if (err) {
-          if constexpr (std::is_same_v<std::decay_t<decltype(err)>, std::exception_ptr>) {
-            if (ours && s.has_pending() && detail::is_operation_aborted(err))
-              co_return Result::from_control(s.take(), s.name());
-            std::rethrow_exception(err);
-          } else {
-            if (ours && s.has_pending() && err == asio::error::operation_aborted)
-              co_return Result::from_control(s.take(), s.name());
-            throw boost::system::system_error(err);
+        // Awaited as an async operation, not through use_awaitable, which
+        // would wrap it in a coroutine frame of its own.
+        Tuple done = co_await asio::async_initiate<const asio::deferred_t&, void(Tuple)>(
+            detail::start_in_slot<Op, true>{&op, sig->slot()}, asio::deferred);
+        const bool ours = s.end_wait();
+        constexpr std::size_t first = Traits::has_error ? 1 : 0;
+        if constexpr (Traits::has_error) {
+          auto& err = std::get<0>(done);
+          if (err) {
+            if constexpr (std::is_same_v<std::decay_t<decltype(err)>, std::exception_ptr>) {
+              if (ours && s.has_pending() && detail::is_operation_aborted(err))
+                co_return Result::from_control(s.take(), s.name());
+              std::rethrow_exception(err);
+            } else {
+              if (ours && s.has_pending() && err == asio::error::operation_aborted)
+                co_return Result::from_control(s.take(), s.name());
+              throw boost::system::system_error(err);
+            }
           }
         }
+        co_return detail::next_from_tuple<R>(
+            done, detail::shift<first>(std::make_index_sequence<std::tuple_size_v<Tuple> - first>()));
       }
-      co_return detail::next_from_tuple<R>(
-          *done, detail::shift<first>(std::make_index_sequence<std::tuple_size_v<Tuple> - first>()));
     }
   }
 

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include <boost/asio/version.hpp>
+#include <processmanager/detail/compact_mutex.hpp>
 #include <processmanager/runnable.hpp>
 
 static_assert(BOOST_ASIO_VERSION >= 102400 && BOOST_ASIO_VERSION < 103200,
@@ -198,7 +199,6 @@ class GuardState final : public ProcessControlHandler,
   Heartbeat heartbeat_;
 
   // Guarded by mu_ (control() comes from any thread), except the atomics.
-  mutable std::mutex mu_;
   // A FIFO: the oldest message inline, the rest in a vector read from
   // index head_. The inline slot spares the allocation in the common case
   // of one message at a time (a shutdown fanned out to N services), and
@@ -206,22 +206,27 @@ class GuardState final : public ProcessControlHandler,
   // vector costs nothing until a second message waits.
   RuntimeControlMessage first_;
   std::vector<RuntimeControlMessage> inbox_;
-  std::size_t head_ = 0;
   asio::any_io_executor ex_;
   std::weak_ptr<ReadinessTarget> watcher_;
   std::shared_ptr<ReadinessTarget> owned_watcher_;  // a watch_readiness() function, kept here
   std::uint64_t generation_ = 0;
-  std::atomic<std::size_t> pending_{0};
 
   // Touched only on the ticker's executor.
   asio::cancellation_signal* waiting_ = nullptr;
   asio::cancellation_signal own_;
 
-  // The flags of both halves side by side, in one word rather than one
-  // each: one guard per service, so 32 bytes here are 3 MB at 100k.
-  bool has_first_ = false;    // mu_
-  bool wake_posted_ = false;  // mu_
-  bool defer_ready_ = false;  // mu_
+  // The small fields of both halves side by side: one guard per service,
+  // so each word here is 800 kB at 100k (docs/performance.md). Counts are
+  // 32-bit: 2^32 waiting messages would take 128 GB.
+  mutable CompactMutex mu_;
+  std::atomic<std::uint32_t> pending_{0};
+  std::uint32_t head_ = 0;  // mu_
+  // Bit-fields only for fields under mu_: a bit-field shares its memory
+  // location with its neighbours in the same run, so none of these may be
+  // written by a thread that does not hold the lock.
+  bool has_first_ : 1 = false;    // mu_
+  bool wake_posted_ : 1 = false;  // mu_
+  bool defer_ready_ : 1 = false;  // mu_
   std::atomic<bool> alive_{false};
   bool emitted_ = false;  // the ticker's executor
 };
