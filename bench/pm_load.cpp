@@ -2,15 +2,25 @@
 // same run. Prints one JSON object per line on stdout and nothing else;
 // progress goes to stderr.
 //
-//   pm_load [--n 1000,10000,100000] [--threads 1,2] [--scenario NAME|all] [--repeat R]
+//   pm_load [--n 1000,10000,100000] [--threads 1,2] [--scenario NAME|all] [--repeat R] [--prefault]
 //
 // With --repeat R each figure is the median of R runs, pm and baseline
-// taking turns.
+// taking turns. Timed figures carry "ms" (wall) and "cpu_ms" (the
+// process's CPU time over the same interval); memory carries
+// "bytes_per_service", restart "per_s". A scenario whose outcome is not
+// the expected one (a failure that did not fail, say) prints no figure and
+// makes the program exit 1.
+//
+// Each baseline does the same work by hand: services that await a one-hour
+// timer as a deferred operation, messages set on the service's executor
+// before its wait is cancelled, one more service that throws for failure.
+// Nothing polls: each phase starts from the event that ends the one before.
 //
 // Each (scenario, impl, n, threads) runs in a forked child process, so that
 // one measurement's heap and RSS never colour the next.
 #include <processmanager/processmanager.hpp>
 
+#include <malloc.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -19,8 +29,10 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -42,34 +54,47 @@ long rss_bytes() {
   return -1;
 }
 
-double ms_between(clock_type::time_point a, clock_type::time_point b) {
-  return std::chrono::duration<double, std::milli>(b - a).count();
-}
-
-/// The JSON field of one result: bytes per service for memory, else ms.
-std::string result_field(const std::string& scenario, double result) {
-  std::ostringstream out;
-  if (scenario == "memory") {
-    out << "\"bytes_per_service\":" << static_cast<long>(result);
-  } else {
-    out << "\"ms\":" << result;
+/// A moment, by the wall (steady) clock and by the process's CPU clock:
+/// every timed figure reports both, so that a harness thread burning CPU
+/// beside the measured ones would show.
+struct Stamp {
+  clock_type::time_point wall{};
+  double cpu_ms = 0;
+  static Stamp now() {
+    timespec ts{};
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return Stamp{clock_type::now(), static_cast<double>(ts.tv_sec) * 1e3 + static_cast<double>(ts.tv_nsec) / 1e6};
   }
+};
+
+/// The JSON fields of a timed figure: wall and CPU milliseconds.
+std::string timed(const Stamp& from, const Stamp& to) {
+  std::ostringstream out;
+  out << "\"ms\":" << std::chrono::duration<double, std::milli>(to.wall - from.wall).count()
+      << ",\"cpu_ms\":" << (to.cpu_ms - from.cpu_ms);
   return out.str();
 }
 
-/// Marks the moment the n-th of n events happened.
+std::string bytes_field(long before, std::size_t n) {
+  // append, not "literal" + to_string(): g++ -O3 warns falsely (-Wrestrict) on that.
+  return std::string("\"bytes_per_service\":")
+      .append(std::to_string(static_cast<long>(static_cast<double>(rss_bytes() - before) / static_cast<double>(n))));
+}
+
+/// Marks the moment the n-th of n events happened, then runs `then` (if
+/// set) on the thread of that event. The scenarios move from phase to
+/// phase this way: no thread polls the io_context being measured.
 struct Countdown {
   explicit Countdown(std::size_t n_) : n(n_) {}
   void hit() {
-    if (count.fetch_add(1) + 1 == n) at.store(clock_type::now().time_since_epoch().count());
+    if (count.fetch_add(1) + 1 != n) return;
+    at = Stamp::now();
+    if (then) then();
   }
-  // Done once the time is recorded, not merely counted: with several
-  // threads the last hit's store may still be on its way.
-  bool done() const { return at.load() != 0; }
-  clock_type::time_point when() const { return clock_type::time_point(clock_type::duration(at.load())); }
   std::size_t n;
   std::atomic<std::size_t> count{0};
-  std::atomic<clock_type::rep> at{0};
+  Stamp at;  // written by the last hit, read by `then` or after the io threads are joined
+  std::function<void()> then;
 };
 
 void run_io(asio::io_context& io, std::size_t threads) {
@@ -77,17 +102,6 @@ void run_io(asio::io_context& io, std::size_t threads) {
   for (std::size_t i = 1; i < threads; ++i) pool.emplace_back([&io] { io.run(); });
   io.run();
   for (auto& t : pool) t.join();
-}
-
-/// Runs `step` on the io_context repeatedly (re-posting itself) until it
-/// returns true: how the scenarios move from one phase to the next without
-/// blocking an io thread.
-void poll_until(asio::io_context& io, std::function<bool()> step) {
-  auto shared = std::make_shared<std::function<void()>>();
-  *shared = [&io, step, shared] {
-    if (!step()) asio::post(io, *shared);
-  };
-  asio::post(io, *shared);
 }
 
 // ------------------------------------------------------------------ the pm side
@@ -128,6 +142,12 @@ struct PmTree {
   std::shared_ptr<pm::ProcessManager> manager;
 };
 
+/// startup: until the n-th service's first tick. shutdown: a stop of the
+/// whole tree until process_start() returns, without an error. failure:
+/// one more service throws on a message; until process_start() returns
+/// with that error, every other service stopped. reload: until every
+/// service has taken the reload. An outcome that is not the expected one
+/// fails the figure (an empty result).
 std::string pm_scenario(const std::string& scenario, std::size_t n, std::size_t threads) {
   asio::io_context io(static_cast<int>(threads));
   Countdown in_loop(n);
@@ -147,72 +167,107 @@ std::string pm_scenario(const std::string& scenario, std::size_t n, std::size_t 
     fail_handle = failing->process_handle();
     tree.manager->insert(failing);
   }
-  clock_type::time_point t0{};
-  clock_type::time_point t1{};
-  double result = 0;
+  Stamp t0;
+  Stamp t1;
+  std::exception_ptr error;
+  std::string result;
   auto handle = tree.manager->process_handle();
-  t0 = clock_type::now();
-  asio::co_spawn(asio::make_strand(io), tree.manager->process_start(),
-                 [&](const std::exception_ptr&) { t1 = clock_type::now(); });
-  poll_until(io, [&] {
-    if (!in_loop.done()) return false;
-    if (scenario == "startup") {
-      result = ms_between(t0, in_loop.when());
-      handle->request_shutdown();
-    } else if (scenario == "memory") {
-      result = static_cast<double>(rss_bytes() - rss0) / static_cast<double>(n);
-      handle->request_shutdown();
-    } else if (scenario == "shutdown") {
-      t0 = clock_type::now();
-      asio::co_spawn(io, handle->shutdown(), asio::detached);
-    } else if (scenario == "failure") {
-      t0 = clock_type::now();
-      fail_handle->control(pm::RuntimeControlMessage::custom(1));
-    } else if (scenario == "reload") {
-      t0 = clock_type::now();
-      asio::co_spawn(io, handle->reload(), asio::detached);
-      poll_until(io, [&] {
-        if (!reloaded.done()) return false;
-        result = ms_between(t0, reloaded.when());
+  // Posted rather than run inside the n-th service's tick.
+  in_loop.then = [&] {
+    asio::post(io, [&] {
+      if (scenario == "startup") {
+        result = timed(t0, in_loop.at);
         handle->request_shutdown();
-        return true;
-      });
-    }
-    return true;
+      } else if (scenario == "memory") {
+        result = bytes_field(rss0, n);
+        handle->request_shutdown();
+      } else if (scenario == "shutdown") {
+        t0 = Stamp::now();
+        asio::co_spawn(io, handle->shutdown(), asio::detached);
+      } else if (scenario == "failure") {
+        t0 = Stamp::now();
+        fail_handle->control(pm::RuntimeControlMessage::custom(1));
+      } else if (scenario == "reload") {
+        t0 = Stamp::now();
+        asio::co_spawn(io, handle->reload(), asio::detached);
+      }
+    });
+  };
+  reloaded.then = [&] {
+    result = timed(t0, reloaded.at);
+    asio::post(io, [&] { handle->request_shutdown(); });
+  };
+  t0 = Stamp::now();
+  asio::co_spawn(asio::make_strand(io), tree.manager->process_start(), [&](const std::exception_ptr& e) {
+    t1 = Stamp::now();
+    error = e;
   });
   run_io(io, threads);
-  if (scenario == "shutdown" || scenario == "failure") result = ms_between(t0, t1);
-  return result_field(scenario, result);
+  if (scenario == "failure") {
+    if (!error) return {};
+    try {
+      std::rethrow_exception(error);
+    } catch (const pm::ProcessError&) {
+      return timed(t0, t1);
+    } catch (...) {
+      return {};
+    }
+  }
+  if (error) return {};
+  if (scenario == "shutdown") return timed(t0, t1);
+  return result;
 }
 
+/// Adds n children that end at once to a running manager; until the n-th
+/// has ended.
 std::string pm_churn(std::size_t n, std::size_t threads) {
   asio::io_context io(static_cast<int>(threads));
-  auto manager = pm::ProcessManagerBuilder().name("churn").pre_insert(std::make_shared<pm::IdleProcess>()).build();
+  auto keeper = std::make_shared<pm::IdleProcess>();
+  auto manager = pm::ProcessManagerBuilder().name("churn").pre_insert(keeper).build();
+  Countdown ended(n);
   std::vector<std::shared_ptr<pm::Runnable>> children;
   children.reserve(n);
   for (std::size_t i = 0; i < n; ++i) {
-    children.push_back(pm::make_runnable("quick", [](pm::RuntimeContext&) -> asio::awaitable<void> { co_return; }));
+    children.push_back(pm::make_runnable("quick", [&ended](pm::RuntimeContext&) -> asio::awaitable<void> {
+      ended.hit();
+      co_return;
+    }));
   }
-  clock_type::time_point t0{};
-  double result = 0;
+  Stamp t0;
+  std::string result;
+  ended.then = [&] {
+    result = timed(t0, ended.at);
+    asio::post(io, [&] { manager->process_handle()->request_shutdown(); });
+  };
   asio::co_spawn(asio::make_strand(io), manager->process_start(), asio::detached);
-  poll_until(io, [&] {
-    if (!manager->is_running()) return false;
-    t0 = clock_type::now();
+  // The manager is running once its keeper has its ticker; waited for on a
+  // timer, not by spinning, and before the clock starts.
+  auto started = std::make_shared<asio::steady_timer>(io);
+  std::function<void()> wait_running = [&] {
+    if (!manager->is_running()) {
+      started->expires_after(100us);
+      started->async_wait([&](boost::system::error_code) { wait_running(); });
+      return;
+    }
+    t0 = Stamp::now();
     for (auto& c : children) manager->add(c);
-    poll_until(io, [&] {
-      if (manager->child_count() > 1) return false;  // only the idle keeper left
-      result = ms_between(t0, clock_type::now());
-      manager->process_handle()->request_shutdown();
-      return true;
-    });
-    return true;
-  });
+  };
+  asio::post(io, wait_running);
   run_io(io, threads);
-  return "\"ms\":" + std::to_string(result);
+  return result;
 }
 
-std::string pm_restart(std::size_t threads) {
+/// The restart scenario with the library's log lines off ("restart", the
+/// baseline logs nothing either), or through the default sink at its
+/// default level ("restart-logged": a WARN line per restart, written to
+/// stderr, which this child process points at /dev/null).
+std::string pm_restart(std::size_t threads, bool logged) {
+  if (logged) {
+    if (std::FILE* null = std::fopen("/dev/null", "w")) dup2(fileno(null), STDERR_FILENO);
+    pm::set_log_level(pm::LogLevel::info);
+  } else {
+    pm::set_log_level(std::nullopt);
+  }
   asio::io_context io(static_cast<int>(threads));
   auto runs = std::make_shared<std::atomic<std::size_t>>(0);
   auto flaky = pm::make_runnable("flaky", [runs](pm::RuntimeContext&) -> asio::awaitable<void> {
@@ -229,77 +284,129 @@ std::string pm_restart(std::size_t threads) {
   const auto t0 = clock_type::now();
   asio::co_spawn(asio::make_strand(io), manager->process_start(), asio::detached);
   double per_s = 0;
-  poll_until(io, [&] {
+  asio::steady_timer window(io, 500ms);
+  window.async_wait([&](boost::system::error_code) {
     const auto elapsed = clock_type::now() - t0;
-    if (elapsed < 500ms) return false;
     per_s = static_cast<double>(sup->restarts()) / std::chrono::duration<double>(elapsed).count();
     manager->process_handle()->request_shutdown();
-    return true;
   });
   run_io(io, threads);
-  return "\"per_s\":" + std::to_string(static_cast<long>(per_s));
+  return std::string("\"per_s\":").append(std::to_string(static_cast<long>(per_s)));
 }
 
 // ------------------------------------------------------------- the bare Asio side
 
+/// A message to a bare service, set on its executor before its timer wait
+/// is cancelled: what the library's inbox and wake-up do, by hand.
+enum class Message { none, reload, stop, fail };
+
 struct BareWaiter {
   asio::steady_timer* timer = nullptr;
   asio::any_io_executor ex;
+  Message message = Message::none;  // on ex
 };
 
-asio::awaitable<void> bare_idle(Countdown* in_loop, Countdown* ended, BareWaiter* slot) {
-  asio::steady_timer timer(co_await asio::this_coro::executor, 1h);
+void send(BareWaiter& w, Message m) {
+  asio::post(w.ex, [&w, m] {
+    w.message = m;
+    w.timer->cancel();
+  });
+}
+
+/// The bare service: the library's IdleService loop without the library. A
+/// one-hour timer awaited as a deferred operation, as the tick awaits it;
+/// a reload is counted and the wait goes on; a stop ends it; `fail` throws.
+asio::awaitable<void> bare_idle(Countdown* in_loop, Countdown* reloaded, Countdown* ended, BareWaiter* slot) {
+  asio::steady_timer timer(co_await asio::this_coro::executor);
   slot->timer = &timer;
   in_loop->hit();
-  boost::system::error_code ec;
-  co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+  for (;;) {
+    timer.expires_after(1h);
+    co_await timer.async_wait(asio::as_tuple(asio::deferred));  // aborted by a message, or the hour is up
+    const Message m = std::exchange(slot->message, Message::none);
+    if (m == Message::reload) {
+      reloaded->hit();
+    } else if (m == Message::fail) {
+      throw std::runtime_error("injected");
+    } else if (m == Message::stop) {
+      break;
+    }
+  }
   ended->hit();
 }
 
+/// The baselines, each doing the pm scenario's work by hand. shutdown: a
+/// stop sent to every service, until the last has ended. failure: one more
+/// service throws on a message; its error is kept, every other service is
+/// stopped, until the last has ended with the error in hand. reload: a
+/// reload sent to every service, until the last has taken it.
 std::string bare_scenario(const std::string& scenario, std::size_t n, std::size_t threads) {
   asio::io_context io(static_cast<int>(threads));
-  Countdown in_loop(n);
+  const bool failure = scenario == "failure";
+  Countdown in_loop(failure ? n + 1 : n);
+  Countdown reloaded(n);
   Countdown ended(n);
-  std::vector<BareWaiter> waiters(n);
+  // Read before the baseline's own bookkeeping (a waiter per coroutine) is
+  // allocated, as the library's (a child record per service) is counted.
   const long rss0 = rss_bytes();
-  double result = 0;
-  auto t0 = clock_type::now();
-  for (std::size_t i = 0; i < n; ++i) {
+  std::vector<BareWaiter> waiters(failure ? n + 1 : n);
+  std::string result;
+  Stamp t0;
+  std::exception_ptr error;
+  auto send_all = [&](Message m) {
+    for (std::size_t i = 0; i < n; ++i) send(waiters[i], m);
+  };
+  in_loop.then = [&] {
+    asio::post(io, [&] {
+      if (scenario == "startup") {
+        result = timed(t0, in_loop.at);
+        send_all(Message::stop);
+      } else if (scenario == "memory") {
+        result = bytes_field(rss0, n);
+        send_all(Message::stop);
+      } else if (scenario == "shutdown") {
+        t0 = Stamp::now();
+        send_all(Message::stop);
+      } else if (failure) {
+        t0 = Stamp::now();
+        send(waiters[n], Message::fail);
+      } else if (scenario == "reload") {
+        t0 = Stamp::now();
+        send_all(Message::reload);
+      }
+    });
+  };
+  reloaded.then = [&] {
+    result = timed(t0, reloaded.at);
+    asio::post(io, [&] { send_all(Message::stop); });
+  };
+  ended.then = [&] {
+    if (scenario == "shutdown" || failure) result = timed(t0, ended.at);
+  };
+  t0 = Stamp::now();
+  for (std::size_t i = 0; i < waiters.size(); ++i) {
     // One strand each when several threads run them, as the library does.
     waiters[i].ex =
         threads > 1 ? asio::any_io_executor(asio::make_strand(io)) : asio::any_io_executor(io.get_executor());
-    asio::co_spawn(waiters[i].ex, bare_idle(&in_loop, &ended, &waiters[i]), asio::detached);
-  }
-  auto cancel_all = [&] {
-    for (auto& w : waiters) asio::post(w.ex, [t = w.timer] { t->cancel(); });
-  };
-  poll_until(io, [&] {
-    if (!in_loop.done()) return false;
-    if (scenario == "startup") {
-      result = ms_between(t0, in_loop.when());
-      cancel_all();
-    } else if (scenario == "memory") {
-      result = static_cast<double>(rss_bytes() - rss0) / static_cast<double>(n);
-      cancel_all();
-    } else {  // shutdown, failure and reload all compare with cancelling everything
-      t0 = clock_type::now();
-      cancel_all();
-      poll_until(io, [&] {
-        if (!ended.done()) return false;
-        result = ms_between(t0, ended.when());
-        return true;
-      });
+    if (failure && i == n) {
+      asio::co_spawn(waiters[i].ex, bare_idle(&in_loop, &reloaded, &ended, &waiters[i]),
+                     [&](const std::exception_ptr& e) {
+                       error = e;
+                       send_all(Message::stop);
+                     });
+    } else {
+      asio::co_spawn(waiters[i].ex, bare_idle(&in_loop, &reloaded, &ended, &waiters[i]), asio::detached);
     }
-    return true;
-  });
+  }
   run_io(io, threads);
-  return result_field(scenario, result);
+  if (failure && !error) return {};
+  return result;
 }
 
 std::string bare_churn(std::size_t n, std::size_t threads) {
   asio::io_context io(static_cast<int>(threads));
   Countdown ended(n);
-  const auto t0 = clock_type::now();
+  const Stamp t0 = Stamp::now();
   for (std::size_t i = 0; i < n; ++i) {
     auto ex = threads > 1 ? asio::any_io_executor(asio::make_strand(io)) : asio::any_io_executor(io.get_executor());
     asio::co_spawn(
@@ -311,7 +418,7 @@ std::string bare_churn(std::size_t n, std::size_t threads) {
         asio::detached);
   }
   run_io(io, threads);
-  return "\"ms\":" + std::to_string(ms_between(t0, ended.when()));
+  return timed(t0, ended.at);
 }
 
 std::string bare_restart(std::size_t threads) {
@@ -335,7 +442,31 @@ std::string bare_restart(std::size_t threads) {
       }(&count, &per_s),
       asio::detached);
   run_io(io, threads);
-  return "\"per_s\":" + std::to_string(static_cast<long>(per_s));
+  return std::string("\"per_s\":").append(std::to_string(static_cast<long>(per_s)));
+}
+
+/// Heap bytes touched up front per service under --prefault: more than
+/// either side allocates per service, so that neither takes a first-touch
+/// page fault while it is timed.
+constexpr std::size_t prefault_per_service = 4096;
+
+/// Touches `bytes` of the main heap and frees them without giving the
+/// pages back: later allocations on this thread find them mapped. First
+/// touches cost about 20 us a page on this kind of virtual machine and
+/// otherwise make most of a 100k start-up (docs/performance.md).
+void prefault_heap(std::size_t bytes) {
+  mallopt(M_TRIM_THRESHOLD, std::numeric_limits<int>::max());
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);  // pieces stay in the heap, below mmap's threshold
+  constexpr std::size_t piece = 64 << 10;
+  std::vector<void*> pieces;
+  pieces.reserve(bytes / piece + 1);
+  for (std::size_t done = 0; done < bytes; done += piece) {
+    void* p = std::malloc(piece);
+    if (p == nullptr) break;
+    std::memset(p, 1, piece);
+    pieces.push_back(p);
+  }
+  for (void* p : pieces) std::free(p);
 }
 
 std::vector<std::size_t> parse_list(const std::string& text) {
@@ -397,8 +528,18 @@ int main(int argc, char** argv) {
   std::vector<std::size_t> thread_counts{1, 2};
   std::string which = "all";
   std::size_t repeat = 1;
-  for (int i = 1; i + 1 < argc; i += 2) {
+  bool prefault = false;
+  for (int i = 1; i < argc; i += 2) {
     const std::string arg = argv[i];
+    if (arg == "--prefault") {
+      prefault = true;
+      --i;
+      continue;
+    }
+    if (i + 1 >= argc) {
+      std::fprintf(stderr, "%s: %s needs a value\n", argv[0], arg.c_str());
+      return 2;
+    }
     if (arg == "--n")
       ns = parse_list(argv[i + 1]);
     else if (arg == "--threads")
@@ -408,16 +549,19 @@ int main(int argc, char** argv) {
     else if (arg == "--repeat")
       repeat = std::max<std::size_t>(1, std::stoul(argv[i + 1]));
     else {
-      std::fprintf(stderr, "usage: %s [--n 1000,10000,100000] [--threads 1,2] [--scenario NAME|all] [--repeat R]\n",
-                   argv[0]);
+      std::fprintf(
+          stderr, "usage: %s [--n 1000,10000,100000] [--threads 1,2] [--scenario NAME|all] [--repeat R] [--prefault]\n",
+          argv[0]);
       return 2;
     }
   }
-  const std::vector<std::string> scenarios{"startup", "shutdown", "failure", "reload", "memory", "restart", "churn"};
+  const std::vector<std::string> scenarios{"startup", "shutdown", "failure",        "reload",
+                                           "memory",  "restart",  "restart-logged", "churn"};
   for (const auto& scenario : scenarios) {
     if (which != "all" && which != scenario) continue;
     for (const std::size_t threads : thread_counts) {
-      const std::vector<std::size_t> sizes = scenario == "restart" ? std::vector<std::size_t>{1} : ns;
+      const bool restart = scenario == "restart" || scenario == "restart-logged";
+      const std::vector<std::size_t> sizes = restart ? std::vector<std::size_t>{1} : ns;
       for (const std::size_t n : sizes) {
         // The two impls take turns, so that a spell of machine noise hits
         // both; each prints the median of its repetitions.
@@ -428,8 +572,9 @@ int main(int argc, char** argv) {
             std::fprintf(stderr, "pm_load: %s %s n=%zu threads=%zu (%zu/%zu)\n", scenario.c_str(), impl_name(is_pm), n,
                          threads, rep + 1, repeat);
             const std::string body = isolated([&]() -> std::string {
+              if (prefault) prefault_heap(n * prefault_per_service);
               if (scenario == "churn") return is_pm ? pm_churn(n, threads) : bare_churn(n, threads);
-              if (scenario == "restart") return is_pm ? pm_restart(threads) : bare_restart(threads);
+              if (restart) return is_pm ? pm_restart(threads, scenario == "restart-logged") : bare_restart(threads);
               return is_pm ? pm_scenario(scenario, n, threads) : bare_scenario(scenario, n, threads);
             });
             const auto sample = parse_sample(body);
@@ -442,8 +587,9 @@ int main(int argc, char** argv) {
           }
         }
         for (int k = 0; k < 2; ++k) {
-          std::printf("{\"scenario\":\"%s\",\"impl\":\"%s\",\"n\":%zu,\"threads\":%zu,%s}\n", scenario.c_str(),
-                      impl_name(k == 0), n, threads, median_of(samples[k]).c_str());
+          std::printf("{\"scenario\":\"%s\",\"impl\":\"%s\",\"n\":%zu,\"threads\":%zu,%s%s}\n", scenario.c_str(),
+                      impl_name(k == 0), n, threads, prefault ? "\"prefault\":true," : "",
+                      median_of(samples[k]).c_str());
         }
         std::fflush(stdout);
       }

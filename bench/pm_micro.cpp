@@ -5,6 +5,8 @@
 #include <benchmark/benchmark.h>
 
 #include <atomic>
+#include <deque>
+#include <mutex>
 #include <thread>
 
 namespace asio = pm::asio;
@@ -27,6 +29,15 @@ void BM_RawPost(benchmark::State& state) {
   run_in_coroutine(state, [](benchmark::State& st) -> asio::awaitable<void> {
     auto ex = co_await asio::this_coro::executor;
     for (auto _ : st) co_await asio::post(ex, asio::use_awaitable);
+  });
+}
+
+// The tick's like-for-like baseline: the tick awaits a deferred post as an
+// async operation, with no coroutine frame of use_awaitable's around it.
+void BM_RawPostDeferred(benchmark::State& state) {
+  run_in_coroutine(state, [](benchmark::State& st) -> asio::awaitable<void> {
+    auto ex = co_await asio::this_coro::executor;
+    for (auto _ : st) co_await asio::post(ex, asio::deferred);
   });
 }
 
@@ -75,6 +86,63 @@ void BM_RawCrossThreadPost(benchmark::State& state) {
   runner.join();
 }
 
+// BM_ControlRoundTrip's like-for-like baseline: what a bare Asio service
+// racing a timer against a message does. The sender queues the message
+// under a mutex and posts a cancel of the service's timer wait; the
+// service wakes with operation_aborted, takes the message and waits again.
+void BM_RawTimerCancelRoundTrip(benchmark::State& state) {
+  asio::io_context io(1);
+  asio::steady_timer timer(io, std::chrono::hours(1));
+  std::mutex mu;
+  std::deque<pm::RuntimeControlMessage> inbox;  // under mu
+  std::atomic<std::uint64_t> seen{0};
+  std::atomic<bool> ready{false};
+  std::atomic<bool> stop{false};
+  asio::cancellation_signal sig;
+  // Arguments, not captures: a coroutine lambda's captures die with the
+  // closure, before the coroutine ends.
+  struct Shared {
+    asio::steady_timer& timer;
+    std::mutex& mu;
+    std::deque<pm::RuntimeControlMessage>& inbox;
+    std::atomic<std::uint64_t>& seen;
+    std::atomic<bool>& ready;
+    std::atomic<bool>& stop;
+  };
+  asio::co_spawn(
+      io,
+      [](Shared sh) -> asio::awaitable<void> {
+        sh.ready.store(true);
+        while (!sh.stop.load(std::memory_order_relaxed)) {
+          auto [ec] = co_await sh.timer.async_wait(asio::as_tuple(asio::deferred));
+          if (ec != asio::error::operation_aborted) continue;
+          std::lock_guard lock(sh.mu);
+          while (!sh.inbox.empty()) {
+            sh.inbox.pop_front();
+            sh.seen.fetch_add(1, std::memory_order_release);
+          }
+        }
+      }(Shared{timer, mu, inbox, seen, ready, stop}),
+      asio::bind_cancellation_slot(sig.slot(), asio::detached));
+  std::thread runner([&io] { io.run(); });
+  while (!ready.load()) std::this_thread::yield();
+  const auto msg = pm::RuntimeControlMessage::reload();
+  std::uint64_t sent = 0;
+  for (auto _ : state) {
+    ++sent;
+    {
+      std::lock_guard lock(mu);
+      inbox.push_back(msg);
+    }
+    asio::post(io, [&timer] { timer.cancel(); });
+    while (seen.load(std::memory_order_acquire) != sent) {
+    }
+  }
+  stop.store(true);
+  asio::post(io, [&timer] { timer.cancel(); });
+  runner.join();
+}
+
 void BM_ControlRoundTrip(benchmark::State& state) {
   asio::io_context io(1);
   pm::RuntimeGuard guard;
@@ -114,10 +182,12 @@ void BM_ControlRoundTrip(benchmark::State& state) {
 }  // namespace
 
 BENCHMARK(BM_RawPost);
+BENCHMARK(BM_RawPostDeferred);
 BENCHMARK(BM_TickPost);
 BENCHMARK(BM_RawAwaitable);
 BENCHMARK(BM_TickAwaitable);
 BENCHMARK(BM_RawCrossThreadPost)->UseRealTime();
+BENCHMARK(BM_RawTimerCancelRoundTrip)->UseRealTime();
 BENCHMARK(BM_ControlRoundTrip)->UseRealTime();
 
 BENCHMARK_MAIN();
