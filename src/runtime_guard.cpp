@@ -231,6 +231,11 @@ void GuardState::defer_readiness() {
 }
 
 void GuardState::detach() noexcept {
+  // A ticker that dies inside a wait (its io_context destroyed under it)
+  // never ends it: the handler bound to the guard's own signal goes here,
+  // while its operation's service still exists, not with the guard. Strand-
+  // local, like the wait, and outside the lock: it may hold an executor.
+  own_.slot().clear();
   std::lock_guard lock(mu_);
   ex_ = asio::any_io_executor();
   ++generation_;

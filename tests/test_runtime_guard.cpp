@@ -5,6 +5,7 @@
 #include <array>
 #include <atomic>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -352,4 +353,75 @@ TEST(compact_mutex, try_lock_fails_while_held_and_succeeds_once_free) {
     if (other) mu.unlock();
   }).join();
   EXPECT_TRUE(other);
+}
+
+// Without a parent slot, the work is bound to the guard's own signal. Asio
+// clears a relay slot after each completion but not this one: the finished
+// operation's handler stayed, pointing into its I/O object or holding its
+// executor, and a later wake-up called it (found by an adversarial review).
+TEST(runtime_guard, without_a_parent_slot_a_finished_tick_leaves_no_handler_behind) {
+  RuntimeGuard guard;
+  auto state = std::dynamic_pointer_cast<pm::detail::GuardState>(guard.handle());
+  ASSERT_TRUE(state);
+  std::vector<std::string> left;
+  bool finished = false;
+  asio::io_context io;
+  asio::co_spawn(
+      io,
+      [](RuntimeGuard* g, pm::detail::GuardState* s, std::vector<std::string>* out,
+         bool* done) -> asio::awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        auto ticker = co_await g->runtime_ticker();
+        auto check = [&](const char* what) {
+          if (s->own_signal().slot().has_handler()) out->emplace_back(what);
+        };
+        {
+          asio::steady_timer t(ex, std::chrono::seconds(0));
+          co_await ticker.tick(t.async_wait(asio::deferred));
+          check("timer");
+        }
+        co_await ticker.tick(wait_then(0ms, 1));
+        check("awaitable");
+        co_await ticker.tick(asio::co_spawn(ex, wait_then(0ms, 1), asio::deferred));
+        check("co_spawn(deferred)");
+        co_await ticker.tick(asio::post(ex, asio::deferred));
+        check("post");
+        *done = true;
+      }(&guard, state.get(), &left, &finished),
+      asio::detached);
+  pm::test::run_io(io);
+  EXPECT_TRUE(finished);
+  for (const auto& what : left) ADD_FAILURE() << "a handler was left on the guard's signal after " << what;
+}
+
+// The same handler, holding a copy of a strand, outlived the io_context:
+// the guard's destruction then freed the strand into a dead service (ASan:
+// heap-use-after-free). And a message after a timer died called the
+// timer's cancellation into freed memory.
+TEST(runtime_guard, without_a_parent_slot_a_guard_outlives_its_io_context_and_its_dead_work) {
+  auto guard = std::make_unique<RuntimeGuard>();
+  auto h = guard->handle();
+  bool done = false;
+  {
+    asio::io_context io;
+    asio::co_spawn(
+        asio::make_strand(io),
+        [](RuntimeGuard* g, std::shared_ptr<pm::ProcessControlHandler> handle, bool* d) -> asio::awaitable<void> {
+          auto ex = co_await asio::this_coro::executor;
+          auto ticker = co_await g->runtime_ticker();
+          auto r = co_await ticker.tick(wait_then(0ms, 1));
+          {
+            auto t = std::make_unique<asio::steady_timer>(ex, std::chrono::seconds(0));
+            co_await ticker.tick(t->async_wait(asio::deferred));
+          }  // the timer is gone; a message now must not reach its cancellation
+          handle->request_reload();
+          auto m = co_await ticker.tick(asio::post(ex, asio::deferred));
+          *d = r.is_next() && m.is_control();
+        }(guard.get(), h, &done),
+        asio::detached);
+    pm::test::run_io(io);
+  }
+  EXPECT_TRUE(done);
+  guard.reset();
+  h->request_shutdown();
 }

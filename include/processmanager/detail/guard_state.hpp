@@ -183,7 +183,13 @@ class GuardState final : public ProcessControlHandler,
     emitted_ = false;
   }
   /// The work completed; returns true if a control message cancelled it.
+  /// Ends the wait. Where the work was bound to the guard's own signal (a
+  /// caller without a slot), its handler goes too: Asio clears a relay slot
+  /// after each completion, and nothing would clear this one, which would
+  /// keep the finished operation's handler (pointing into its I/O object,
+  /// or holding an executor) until a later wake-up called it.
   bool end_wait() noexcept {
+    if (waiting_ == &own_) own_.slot().clear();
     waiting_ = nullptr;
     return emitted_;
   }
