@@ -3,6 +3,13 @@
 // progress goes to stderr.
 //
 //   pm_load [--n 1000,10000,100000] [--threads 1,2] [--scenario NAME|all] [--repeat R] [--prefault]
+//           [--sharded]
+//
+// With --sharded, a run on several threads gives each thread an io_context
+// of its own, made one set of shards (pm::shard_across): the library's
+// managers deal their children across them, the baseline deals its
+// coroutines the same way, and those rows carry "sharded":true. Churn and
+// restart are not sharded.
 //
 // With --repeat R each figure is the median of R runs, pm and baseline
 // taking turns. Timed figures carry "ms" (wall) and "cpu_ms" (the
@@ -104,6 +111,70 @@ void run_io(asio::io_context& io, std::size_t threads) {
   for (auto& t : pool) t.join();
 }
 
+/// An io_context whose handlers can be shut down before it is destroyed:
+/// the shards of a set refer to each other.
+struct Shard : asio::io_context {
+  using asio::execution_context::shutdown;
+  using asio::io_context::io_context;
+};
+
+/// Where a figure runs: one io_context shared by every thread, or, with
+/// --sharded, one per thread made one set of shards (pm::shard_across),
+/// as pm::run(root, {.threads = n, .sharded = true}) runs a tree.
+class Pool {
+ public:
+  Pool(std::size_t threads, bool sharded) : threads_(threads) {
+    const std::size_t count = sharded && threads > 1 ? threads : 1;
+    for (std::size_t i = 0; i < count; ++i)
+      io_.push_back(std::make_unique<Shard>(count > 1 ? 1 : static_cast<int>(threads)));
+    if (count > 1) {
+      std::vector<asio::io_context*> all;
+      for (auto& c : io_) all.push_back(c.get());
+      pm::shard_across(all);
+    }
+  }
+  Pool(const Pool&) = delete;
+  Pool& operator=(const Pool&) = delete;
+  ~Pool() {
+    for (auto& c : io_) c->shutdown();
+  }
+
+  /// The io_context the tree (or the scenario's driver) runs on.
+  asio::io_context& main() { return *io_.front(); }
+
+  /// For the bare side: the i-th coroutine's executor. Sharded, the shards
+  /// in turn, as the library deals children; on one io_context run by
+  /// several threads, a strand each, as the library gives each child.
+  asio::any_io_executor bare_executor(std::size_t i) {
+    if (io_.size() > 1) return io_[i % io_.size()]->get_executor();
+    if (threads_ > 1) return asio::make_strand(main());
+    return main().get_executor();
+  }
+
+  /// Runs until the main io_context runs out of work, and every shard with it.
+  void run() {
+    if (io_.size() == 1) {
+      run_io(main(), threads_);
+      return;
+    }
+    // The other shards wait for work until the main one is done (a tree
+    // holds work on every shard while it runs), then run out themselves.
+    std::vector<asio::executor_work_guard<asio::io_context::executor_type>> hold;
+    std::vector<std::thread> pool;
+    for (std::size_t i = 1; i < io_.size(); ++i) {
+      hold.emplace_back(io_[i]->get_executor());
+      pool.emplace_back([&c = *io_[i]] { c.run(); });
+    }
+    main().run();
+    hold.clear();
+    for (auto& t : pool) t.join();
+  }
+
+ private:
+  std::size_t threads_;
+  std::vector<std::unique_ptr<Shard>> io_;
+};
+
 // ------------------------------------------------------------------ the pm side
 
 /// The service of the scenarios: a ticker, then tick on a one-hour timer.
@@ -148,8 +219,9 @@ struct PmTree {
 /// with that error, every other service stopped. reload: until every
 /// service has taken the reload. An outcome that is not the expected one
 /// fails the figure (an empty result).
-std::string pm_scenario(const std::string& scenario, std::size_t n, std::size_t threads) {
-  asio::io_context io(static_cast<int>(threads));
+std::string pm_scenario(const std::string& scenario, std::size_t n, std::size_t threads, bool sharded) {
+  Pool where(threads, sharded);
+  asio::io_context& io = where.main();
   Countdown in_loop(n);
   Countdown reloaded(n);
   const long rss0 = rss_bytes();
@@ -202,7 +274,7 @@ std::string pm_scenario(const std::string& scenario, std::size_t n, std::size_t 
     t1 = Stamp::now();
     error = e;
   });
-  run_io(io, threads);
+  where.run();
   if (scenario == "failure") {
     if (!error) return {};
     try {
@@ -340,8 +412,9 @@ asio::awaitable<void> bare_idle(Countdown* in_loop, Countdown* reloaded, Countdo
 /// service throws on a message; its error is kept, every other service is
 /// stopped, until the last has ended with the error in hand. reload: a
 /// reload sent to every service, until the last has taken it.
-std::string bare_scenario(const std::string& scenario, std::size_t n, std::size_t threads) {
-  asio::io_context io(static_cast<int>(threads));
+std::string bare_scenario(const std::string& scenario, std::size_t n, std::size_t threads, bool sharded) {
+  Pool where(threads, sharded);
+  asio::io_context& io = where.main();
   const bool failure = scenario == "failure";
   Countdown in_loop(failure ? n + 1 : n);
   Countdown reloaded(n);
@@ -385,9 +458,7 @@ std::string bare_scenario(const std::string& scenario, std::size_t n, std::size_
   };
   t0 = Stamp::now();
   for (std::size_t i = 0; i < waiters.size(); ++i) {
-    // One strand each when several threads run them, as the library does.
-    waiters[i].ex =
-        threads > 1 ? asio::any_io_executor(asio::make_strand(io)) : asio::any_io_executor(io.get_executor());
+    waiters[i].ex = where.bare_executor(i);
     if (failure && i == n) {
       asio::co_spawn(waiters[i].ex, bare_idle(&in_loop, &reloaded, &ended, &waiters[i]),
                      [&](const std::exception_ptr& e) {
@@ -398,7 +469,7 @@ std::string bare_scenario(const std::string& scenario, std::size_t n, std::size_
       asio::co_spawn(waiters[i].ex, bare_idle(&in_loop, &reloaded, &ended, &waiters[i]), asio::detached);
     }
   }
-  run_io(io, threads);
+  where.run();
   if (failure && !error) return {};
   return result;
 }
@@ -529,10 +600,11 @@ int main(int argc, char** argv) {
   std::string which = "all";
   std::size_t repeat = 1;
   bool prefault = false;
+  bool sharded = false;
   for (int i = 1; i < argc; i += 2) {
     const std::string arg = argv[i];
-    if (arg == "--prefault") {
-      prefault = true;
+    if (arg == "--prefault" || arg == "--sharded") {
+      (arg == "--prefault" ? prefault : sharded) = true;
       --i;
       continue;
     }
@@ -549,9 +621,10 @@ int main(int argc, char** argv) {
     else if (arg == "--repeat")
       repeat = std::max<std::size_t>(1, std::stoul(argv[i + 1]));
     else {
-      std::fprintf(
-          stderr, "usage: %s [--n 1000,10000,100000] [--threads 1,2] [--scenario NAME|all] [--repeat R] [--prefault]\n",
-          argv[0]);
+      std::fprintf(stderr,
+                   "usage: %s [--n 1000,10000,100000] [--threads 1,2] [--scenario NAME|all] [--repeat R] [--prefault] "
+                   "[--sharded]\n",
+                   argv[0]);
       return 2;
     }
   }
@@ -559,8 +632,11 @@ int main(int argc, char** argv) {
                                            "memory",  "restart",  "restart-logged", "churn"};
   for (const auto& scenario : scenarios) {
     if (which != "all" && which != scenario) continue;
+    const bool restart = scenario == "restart" || scenario == "restart-logged";
+    // Sharding spreads a tree's services over threads: churn and restart
+    // have one service, or one manager's strand, to measure.
+    if (sharded && (restart || scenario == "churn")) continue;
     for (const std::size_t threads : thread_counts) {
-      const bool restart = scenario == "restart" || scenario == "restart-logged";
       const std::vector<std::size_t> sizes = restart ? std::vector<std::size_t>{1} : ns;
       for (const std::size_t n : sizes) {
         // The two impls take turns, so that a spell of machine noise hits
@@ -575,7 +651,7 @@ int main(int argc, char** argv) {
               if (prefault) prefault_heap(n * prefault_per_service);
               if (scenario == "churn") return is_pm ? pm_churn(n, threads) : bare_churn(n, threads);
               if (restart) return is_pm ? pm_restart(threads, scenario == "restart-logged") : bare_restart(threads);
-              return is_pm ? pm_scenario(scenario, n, threads) : bare_scenario(scenario, n, threads);
+              return is_pm ? pm_scenario(scenario, n, threads, sharded) : bare_scenario(scenario, n, threads, sharded);
             });
             const auto sample = parse_sample(body);
             if (!sample) {
@@ -587,9 +663,9 @@ int main(int argc, char** argv) {
           }
         }
         for (int k = 0; k < 2; ++k) {
-          std::printf("{\"scenario\":\"%s\",\"impl\":\"%s\",\"n\":%zu,\"threads\":%zu,%s%s}\n", scenario.c_str(),
+          std::printf("{\"scenario\":\"%s\",\"impl\":\"%s\",\"n\":%zu,\"threads\":%zu,%s%s%s}\n", scenario.c_str(),
                       impl_name(k == 0), n, threads, prefault ? "\"prefault\":true," : "",
-                      median_of(samples[k]).c_str());
+                      sharded && threads > 1 ? "\"sharded\":true," : "", median_of(samples[k]).c_str());
         }
         std::fflush(stdout);
       }

@@ -146,10 +146,35 @@ class SignalWatcher {
   std::thread thread_;
 };
 
+/// An io_context whose handlers and services can be shut down before it is
+/// destroyed: the shards of a sharded run refer to each other (a manager on
+/// one holds work on the others), so all are shut down before any goes.
+struct Shard : asio::io_context {
+  using asio::execution_context::shutdown;
+  using asio::io_context::io_context;
+};
+
 /// Everything the io threads touch. A thread stuck in a service keeps it
 /// alive after pm::run has returned (see the end of run()).
 struct RunState {
-  RunState(std::shared_ptr<Runnable> t, int threads) : tree(std::move(t)), io(threads) {}
+  RunState(std::shared_ptr<Runnable> t, std::size_t threads, bool sharded) : tree(std::move(t)) {
+    // One thread per shard promises each a single thread (no locking in
+    // its scheduler); unsharded, one io_context for all the threads.
+    const std::size_t count = sharded ? threads : 1;
+    const int hint = sharded ? 1 : static_cast<int>(threads);
+    io.reserve(count);
+    for (std::size_t i = 0; i < count; ++i) io.push_back(std::make_unique<Shard>(hint));
+    if (count > 1) {
+      std::vector<asio::io_context*> all;
+      for (auto& c : io) all.push_back(c.get());
+      shard_across(all);
+    }
+  }
+  RunState(const RunState&) = delete;
+  RunState& operator=(const RunState&) = delete;
+  ~RunState() {
+    for (auto& c : io) c->shutdown();
+  }
 
   std::shared_ptr<Runnable> tree;
   std::shared_ptr<ProcessManager> manager;  // the tree, when it is one
@@ -161,7 +186,9 @@ struct RunState {
   std::size_t io_running = 0;  // under mu
   std::exception_ptr failure;  // under mu: what the tree threw
   bool beside_failed = false;  // under mu: signal handling, the notifier or an io thread failed
-  asio::io_context io;         // last: destroyed first, while the tree still exists
+  // Last: destroyed first, while the tree still exists. The tree runs on
+  // the first; in a sharded run, thread i runs the i-th.
+  std::vector<std::unique_ptr<Shard>> io;
 };
 
 /// Something that runs beside the tree failed: logged, and the run fails
@@ -257,7 +284,7 @@ int run(std::shared_ptr<Runnable> root, RunOptions options) {
   }
 
   // Owned here, and by every io thread, for the whole run.
-  auto st = std::make_shared<RunState>(std::move(root), static_cast<int>(threads));
+  auto st = std::make_shared<RunState>(std::move(root), threads, options.sharded);
   st->manager = std::dynamic_pointer_cast<ProcessManager>(st->tree);
   const auto abandon_bound = st->manager ? st->manager->abandon_timeout()
                                          : std::chrono::duration_cast<std::chrono::nanoseconds>(default_abandon_bound);
@@ -283,14 +310,15 @@ int run(std::shared_ptr<Runnable> root, RunOptions options) {
   RunState* const s = st.get();  // handlers on the io_context: it is destroyed before *s
   if (st->notifier) {
     st->notifier_done = false;
-    asio::co_spawn(asio::make_strand(st->io), st->notifier->run(), [s, root_name](const std::exception_ptr& e) {
-      if (e) fail_beside(*s, root_name, "the systemd notifier", e);
-      std::lock_guard lock(s->mu);
-      s->notifier_done = true;
-      s->cv.notify_all();
-    });
+    asio::co_spawn(asio::make_strand(*st->io.front()), st->notifier->run(),
+                   [s, root_name](const std::exception_ptr& e) {
+                     if (e) fail_beside(*s, root_name, "the systemd notifier", e);
+                     std::lock_guard lock(s->mu);
+                     s->notifier_done = true;
+                     s->cv.notify_all();
+                   });
   }
-  asio::co_spawn(asio::make_strand(st->io), std::move(body), [s](const std::exception_ptr& e) {
+  asio::co_spawn(asio::make_strand(*st->io.front()), std::move(body), [s](const std::exception_ptr& e) {
     if (s->notifier) s->notifier->stop();
     std::lock_guard lock(s->mu);
     s->failure = e;
@@ -330,6 +358,10 @@ int run(std::shared_ptr<Runnable> root, RunOptions options) {
     }
   }
 
+  // A shard other than the tree's may have nothing to do before the tree
+  // places a child there: held until the io_contexts are stopped.
+  std::vector<asio::executor_work_guard<asio::io_context::executor_type>> shard_work;
+  for (std::size_t i = 1; i < st->io.size(); ++i) shard_work.emplace_back(st->io[i]->get_executor());
   std::vector<std::thread> pool;
   pool.reserve(threads);
   for (std::size_t i = 0; i < threads; ++i) {
@@ -337,10 +369,11 @@ int run(std::shared_ptr<Runnable> root, RunOptions options) {
       std::lock_guard lock(st->mu);
       ++st->io_running;
     }
-    pool.emplace_back([st, root_name] {
+    asio::io_context& mine = *st->io[st->io.size() > 1 ? i : 0];
+    pool.emplace_back([st, root_name, &mine] {
       for (;;) {
         try {
-          st->io.run();
+          mine.run();
           break;
         } catch (...) {
           // A handler threw out of the io_context: logged, the run fails,
@@ -362,7 +395,8 @@ int run(std::shared_ptr<Runnable> root, RunOptions options) {
   const auto deadline = std::chrono::steady_clock::now() + abandon_bound;
   st->cv.wait_until(lock, deadline, [&st] { return st->notifier_done || st->io_running == 0; });
   lock.unlock();
-  st->io.stop();
+  for (auto& c : st->io) c->stop();
+  shard_work.clear();
   lock.lock();
   const bool all_returned = st->cv.wait_until(lock, deadline, [&st] { return st->io_running == 0; });
   const std::size_t stuck = st->io_running;

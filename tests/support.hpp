@@ -7,8 +7,10 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <exception>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -36,9 +38,64 @@ using namespace std::chrono_literals;
 /// A generous bound that turns a hang into a failure, never a pacing device.
 inline constexpr auto hang_guard = std::chrono::seconds(60);
 
+/// PM_TEST_SHARDS=N (N of 2 or more) runs the suite in sharded mode: every
+/// io_context run_io runs gets N-1 more, one thread each, as shards of one
+/// set (pm::shard_across), so each manager's children spread across them.
+inline std::size_t test_shards() {
+  const char* v = std::getenv("PM_TEST_SHARDS");
+  if (v == nullptr) return 1;
+  const long n = std::strtol(v, nullptr, 10);
+  return n > 1 ? static_cast<std::size_t>(n) : 1;
+}
+
+/// An io_context that can be shut down before it is destroyed (the shards
+/// of a set refer to each other, so all are shut down before any goes).
+struct ShardContext : asio::io_context {
+  using asio::execution_context::shutdown;
+  using asio::io_context::io_context;
+};
+
+/// The shards run_io adds beside `io` in sharded mode, each on a thread of
+/// its own until the set is let go: unsharded again, then stopped, shut
+/// down and destroyed.
+class ExtraShards {
+ public:
+  explicit ExtraShards(asio::io_context& io) : io_(io) {
+    const std::size_t n = test_shards();
+    if (n < 2) return;
+    std::vector<asio::io_context*> all{&io};
+    for (std::size_t i = 1; i < n; ++i) {
+      extra_.push_back(std::make_unique<ShardContext>(1));
+      all.push_back(extra_.back().get());
+    }
+    pm::shard_across(all);
+    for (auto& c : extra_) {
+      work_.emplace_back(c->get_executor());
+      threads_.emplace_back([&c = *c] { c.run(); });
+    }
+  }
+  ExtraShards(const ExtraShards&) = delete;
+  ExtraShards& operator=(const ExtraShards&) = delete;
+  ~ExtraShards() {
+    if (extra_.empty()) return;
+    pm::shard_across({&io_});
+    work_.clear();
+    for (auto& c : extra_) c->stop();
+    for (auto& t : threads_) t.join();
+    for (auto& c : extra_) c->shutdown();
+  }
+
+ private:
+  asio::io_context& io_;
+  std::vector<std::unique_ptr<ShardContext>> extra_;
+  std::vector<asio::executor_work_guard<asio::io_context::executor_type>> work_;
+  std::vector<std::thread> threads_;
+};
+
 /// Runs `io` on `threads` threads until it runs out of work. Fails the test
 /// (and stops the io_context) if that takes longer than `guard`.
 inline void run_io(asio::io_context& io, std::size_t threads = 1, std::chrono::milliseconds guard = hang_guard) {
+  ExtraShards shards(io);
   std::mutex mu;
   std::condition_variable cv;
   bool done = false;

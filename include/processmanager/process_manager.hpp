@@ -82,6 +82,10 @@ struct ChildOptions {
   /// notifier, which sets it itself). A cancellation of the manager, and a
   /// restarting group's stop, reach it as they reach the others.
   bool stop_last = false;
+  /// Its shard in a sharded run (RunOptions::sharded, shard_across), taken
+  /// modulo the number of shards; unset, the manager deals its children
+  /// out in turn. Without shards it changes nothing.
+  std::optional<std::size_t> shard{};
 };
 
 /// A tree's health in a few numbers (ProcessManager::health()): what the

@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <memory>
+#include <vector>
 
 #include <processmanager/process_manager.hpp>
 
@@ -20,7 +21,35 @@ struct RunOptions {
   /// RELOADING=1, STOPPING=1, EXTEND_TIMEOUT_USEC, WATCHDOG=1, STATUS=.
   /// Without $NOTIFY_SOCKET it does nothing.
   bool notify_systemd = true;
+  /// One io_context per thread instead of one shared by all (see
+  /// shard_across): each thread runs its own shard, and the managers of
+  /// the tree place their children across the shards. Without contention
+  /// on one queue, start-up, shutdown and reload of many services scale
+  /// with the threads; a message, a readiness change or an end that
+  /// crosses shards costs a hop to the other thread. There is no work
+  /// stealing: a coroutine that blocks its thread stalls every child of
+  /// its shard, and the root manager when that is shard 0. Ignored with
+  /// one thread. Opt-in: docs/design.md weighs it.
+  bool sharded = false;
 };
+
+/// Makes `contexts` one set of shards. A manager that runs on one of them
+/// (its process_start() spawned on it, or on a strand of it) places each
+/// child it starts, restarts included, on one of them: ChildOptions::shard
+/// (modulo their count) where given, otherwise the next in turn. A child
+/// runs wholly on its shard, on a strand of it where that io_context may
+/// run on several threads; a nested manager on another shard spreads its
+/// own children across the set again. While a manager runs it holds work
+/// on every shard, so no shard's run() returns under it.
+///
+/// Call it before a manager starts on them; a manager run already going
+/// keeps the set it started with. One context alone leaves that context
+/// unsharded. Throws std::invalid_argument for none, a null pointer or a
+/// context given twice. Every context must outlive every manager run on
+/// any of them, and they should be shut down together (pm::run does): a
+/// context destroyed while another still runs a child of the set's
+/// managers leaves that child pointing into it.
+void shard_across(const std::vector<asio::io_context*>& contexts);
 
 /// Runs `root` until it ends, blocking the caller, on `threads` io threads
 /// of its own. Throws std::invalid_argument for a null root. Returns:

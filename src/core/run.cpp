@@ -41,6 +41,20 @@ std::unique_ptr<asio::any_io_executor> strand_of(const asio::any_io_executor& ba
   return std::make_unique<asio::any_io_executor>(asio::make_strand(base));
 }
 
+/// Where a child of `run` runs: a shard of its set, when it has one, on a
+/// strand there as strand_of decides; null for the run's own base.
+std::unique_ptr<asio::any_io_executor> place(const ManagerRun& run, const ChildOptions* options) {
+  if (!run.shards) return strand_of(run.base);
+  const auto& shard = run.shards->shards[run.shards->pick(options != nullptr ? options->shard : std::nullopt)];
+  const auto* own = run.base.target<asio::io_context::executor_type>();
+  if (own != nullptr && *own == shard) return strand_of(run.base);
+  // Another shard: its own executor where no strand is needed (null would
+  // mean the run's base).
+  const asio::any_io_executor there(shard);
+  auto strand = strand_of(there);
+  return strand ? std::move(strand) : std::make_unique<asio::any_io_executor>(there);
+}
+
 }  // namespace
 
 void tell_one(ProcessControlHandler& handle, const RuntimeControlMessage& msg) noexcept {
@@ -325,8 +339,9 @@ std::shared_ptr<ChildNode> start_child(const std::shared_ptr<ManagerRun>& run, s
   // In a later run of this manager, a stop left unread from the run before
   // belongs to that run.
   if (core.runs > 1) forget_shutdown(handle);
-  auto node = std::make_shared<ChildNode>(std::move(child), handle, std::move(name), strand_of(run->base), run,
-                                          std::move(options));
+  auto where = place(*run, options.get());  // before `options` is moved from
+  auto node =
+      std::make_shared<ChildNode>(std::move(child), handle, std::move(name), std::move(where), run, std::move(options));
   node->watches = watch(*node, run);
   bool stop_now = false;
   bool force_now = false;
@@ -498,6 +513,13 @@ asio::awaitable<void> run_manager(std::shared_ptr<ManagerCore> core) {
   co_await asio::this_coro::throw_if_cancelled(false);
   auto ex = co_await asio::this_coro::executor;
   auto run = std::make_shared<ManagerRun>(core, base_of(ex));
+  run->shards = shards_of(run->base);
+  if (run->shards) {
+    run->shard_work.reserve(run->shards->shards.size());
+    for (const auto& s : run->shards->shards) {
+      run->shard_work.emplace_back(asio::prefer(s, asio::execution::outstanding_work.tracked));
+    }
+  }
   asio::steady_timer timer(ex);
   std::vector<std::pair<std::shared_ptr<Runnable>, std::shared_ptr<const ChildOptions>>> children;
   {

@@ -6,6 +6,7 @@
 
 #include "health_books.hpp"
 #include "manager.hpp"
+#include "shards.hpp"
 
 namespace pm::detail {
 
@@ -62,6 +63,11 @@ class ManagerRun {
 
   const std::shared_ptr<ManagerCore> core;
   const asio::any_io_executor base;
+  // Set before the run is shared, then only read. In a sharded run: the
+  // set, and counted work on each shard, so that no shard's run() returns
+  // while this run may still place or hear from a child there.
+  std::shared_ptr<const ShardRing> shards;
+  std::vector<asio::any_io_executor> shard_work;
 
   // Everything below is under core->mu.
   ChildNode* head = nullptr;  // insertion order, head first
