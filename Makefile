@@ -62,6 +62,9 @@ bench: deps $(BUILD_REL)/build.ninja
 	# cost, without the first-touch page faults both sides pay.
 	./$(BUILD_REL)/bench/pm_load --scenario startup --prefault --n 1000,10000,100000 --threads 1 \
 	  --repeat $(BENCH_REPEAT) | tee -a $(BUILD_REL)/pm_load.jsonl
+	# Two threads, one io_context each (RunOptions::sharded), against one thread.
+	./$(BUILD_REL)/bench/pm_load --sharded --n 100000 --threads 2 --repeat $(BENCH_REPEAT) \
+	  | tee -a $(BUILD_REL)/pm_load.jsonl
 	# The ratio table; BENCH_STRICT=1 makes a missed target fail the target.
 	status=0; awk -v STRICT=$(BENCH_STRICT) -f bench/report.awk $(BUILD_REL)/pm_micro.csv $(BUILD_REL)/pm_load.jsonl \
 	  > $(BUILD_REL)/bench-report.md || status=$$?; cat $(BUILD_REL)/bench-report.md; exit $$status

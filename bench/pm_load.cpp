@@ -151,6 +151,10 @@ class Pool {
     return main().get_executor();
   }
 
+  /// How many io_contexts the bare side's services are dealt across, when
+  /// they run on them directly (no strands); 0 when each has a strand.
+  std::size_t plain_contexts() const { return io_.size() > 1 || threads_ == 1 ? io_.size() : 0; }
+
   /// Runs until the main io_context runs out of work, and every shard with it.
   void run() {
     if (io_.size() == 1) {
@@ -426,8 +430,23 @@ std::string bare_scenario(const std::string& scenario, std::size_t n, std::size_
   std::string result;
   Stamp t0;
   std::exception_ptr error;
+  // As the library fans a message out: every service on a plain io_context
+  // executor is woken by one handler per io_context; one on a strand by a
+  // post of its own.
+  const std::size_t contexts = where.plain_contexts();
   auto send_all = [&](Message m) {
-    for (std::size_t i = 0; i < n; ++i) send(waiters[i], m);
+    if (contexts == 0) {
+      for (std::size_t i = 0; i < n; ++i) send(waiters[i], m);
+      return;
+    }
+    for (std::size_t k = 0; k < contexts && k < n; ++k) {
+      asio::post(waiters[k].ex, [&waiters, n, m, k, contexts] {
+        for (std::size_t i = k; i < n; i += contexts) {
+          waiters[i].message = m;
+          waiters[i].timer->cancel();
+        }
+      });
+    }
   };
   in_loop.then = [&] {
     asio::post(io, [&] {
@@ -459,15 +478,19 @@ std::string bare_scenario(const std::string& scenario, std::size_t n, std::size_
   t0 = Stamp::now();
   for (std::size_t i = 0; i < waiters.size(); ++i) {
     waiters[i].ex = where.bare_executor(i);
-    if (failure && i == n) {
-      asio::co_spawn(waiters[i].ex, bare_idle(&in_loop, &reloaded, &ended, &waiters[i]),
-                     [&](const std::exception_ptr& e) {
-                       error = e;
-                       send_all(Message::stop);
-                     });
-    } else {
-      asio::co_spawn(waiters[i].ex, bare_idle(&in_loop, &reloaded, &ended, &waiters[i]), asio::detached);
-    }
+    // Created where it runs, as the library calls process_start() on the
+    // child's executor: the frame comes from that thread's malloc arena.
+    asio::post(waiters[i].ex, [&, i] {
+      if (failure && i == n) {
+        asio::co_spawn(waiters[i].ex, bare_idle(&in_loop, &reloaded, &ended, &waiters[i]),
+                       [&](const std::exception_ptr& e) {
+                         error = e;
+                         send_all(Message::stop);
+                       });
+      } else {
+        asio::co_spawn(waiters[i].ex, bare_idle(&in_loop, &reloaded, &ended, &waiters[i]), asio::detached);
+      }
+    });
   }
   where.run();
   if (failure && !error) return {};

@@ -47,6 +47,7 @@ file == 1 && /_median"/ {
 file == 2 && /"scenario"/ {
   s = field($0, "scenario"); i = field($0, "impl"); n = field($0, "n"); t = field($0, "threads")
   if (field($0, "prefault") == "true") s = s "+prefault"
+  if (field($0, "sharded") == "true") t = t "s"  # "2s": two threads, one io_context each
   v = field($0, "ms")
   if (v == "") v = field($0, "bytes_per_service")
   if (v == "") v = field($0, "per_s")
@@ -96,6 +97,15 @@ END {
         sprintf("%.2fx (%.0f vs %.0f /s)", r, load["restart", "asio-baseline", 1, 1], load["restart", "pm", 1, 1]),
         "<= 3.0", r <= 3.0)
   }
+  # Sharded (one io_context per thread) against the library on one thread.
+  split("startup shutdown reload", sharded_scen, " ")
+  for (k = 1; k <= 3; k++) {
+    s = sharded_scen[k]
+    if (!((s, "pm", 100000, "2s") in load) || !((s, "pm", 100000, 1) in load)) continue
+    r = load[s, "pm", 100000, "2s"] / load[s, "pm", 100000, 1]
+    row(s ", N = 100000: 2 shards / 1 thread (pm)",
+        sprintf("%.2f (%.4g vs %.4g)", r, load[s, "pm", 100000, "2s"], load[s, "pm", 100000, 1]), "<= 0.70", r <= 0.7)
+  }
   lo = ""; hi = ""; txt = ""
   split("1000 10000 100000", cn, " ")
   for (k = 1; k <= 3; k++) {
@@ -123,7 +133,8 @@ END {
   }
 
   print ""
-  print "Every load figure (ms, or bytes per service, or restarts per second; CPU ms of the whole process), pm / baseline"
+  print "Every load figure (ms, or bytes per service, or restarts per second; CPU ms of the whole process), pm / baseline;"
+  print "threads 2s: two threads, one io_context each (--sharded)"
   print ""
   printf "| %-16s | %-7s | %-7s | %-12s | %-12s | %-6s | %-10s | %-10s |\n", "scenario", "threads", "n", "pm", "baseline", "ratio",
          "pm cpu", "base cpu"
@@ -134,7 +145,8 @@ END {
   for (o = 1; o <= 9; o++) {
     s = order[o]
     if (!(s in scen)) continue
-    for (t = 1; t <= 2; t++) {
+    for (ti = 1; ti <= 3; ti++) {
+      t = ti == 3 ? "2s" : ti
       for (z = 1; z <= 4; z++) {
         n = sizes[z]
         if (!((s, "pm", n, t) in load)) continue

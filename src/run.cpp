@@ -11,6 +11,7 @@
 #include <sys/signalfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <chrono>
@@ -40,6 +41,10 @@ constexpr std::array<int, 4> handled_signals{SIGINT, SIGTERM, SIGQUIT, SIGHUP};
 
 /// Used when the root is not a manager (which has its own abandon_timeout).
 constexpr std::chrono::seconds default_abandon_bound{5};
+
+/// How long io threads not blocked in a service take to return once their
+/// io_context is stopped: the handler they run finishes first.
+constexpr std::chrono::milliseconds stop_grace{100};
 
 [[noreturn]] void throw_errno(const char* what) { throw std::system_error(errno, std::generic_category(), what); }
 
@@ -394,11 +399,21 @@ int run(std::shared_ptr<Runnable> root, RunOptions options) {
   st->cv.wait(lock, [&st] { return st->tree_done || st->io_running == 0; });
   const auto deadline = std::chrono::steady_clock::now() + abandon_bound;
   st->cv.wait_until(lock, deadline, [&st] { return st->notifier_done || st->io_running == 0; });
+  // The io threads first get to run out of work by themselves: a thread
+  // outside them that is still inside a handle's control() holds counted
+  // work (and the tree's objects) until it lets go, and stopping under it
+  // would destroy the io_context first. What still holds work at the bound
+  // (a service left behind) is stopped.
   lock.unlock();
-  for (auto& c : st->io) c->stop();
   shard_work.clear();
   lock.lock();
-  const bool all_returned = st->cv.wait_until(lock, deadline, [&st] { return st->io_running == 0; });
+  if (!st->cv.wait_until(lock, deadline, [&st] { return st->io_running == 0; })) {
+    lock.unlock();
+    for (auto& c : st->io) c->stop();
+    lock.lock();
+  }
+  const bool all_returned = st->cv.wait_until(lock, std::max(deadline, std::chrono::steady_clock::now() + stop_grace),
+                                              [&st] { return st->io_running == 0; });
   const std::size_t stuck = st->io_running;
   const bool tree_done = st->tree_done;
   const std::exception_ptr failure = st->failure;

@@ -53,8 +53,7 @@ void CompactMutex::lock_contended() noexcept {
 
 void throw_ticker_moved_from() { throw std::logic_error("RuntimeTicker used after it was moved from"); }
 
-void GuardState::control(RuntimeControlMessage msg) {
-  std::lock_guard lock(mu_);
+bool GuardState::enqueue(RuntimeControlMessage msg) {
   if (!has_first_ && head_ == inbox_.size()) {
     first_ = std::move(msg);
     has_first_ = true;
@@ -63,12 +62,68 @@ void GuardState::control(RuntimeControlMessage msg) {
   }
   pending_.fetch_add(1, std::memory_order_release);
   // One wake-up in flight is enough: it looks at the inbox when it runs.
+  if (!ex_ || wake_posted_) return false;
+  wake_posted_ = true;
+  return true;
+}
+
+void GuardState::control(RuntimeControlMessage msg) {
+  std::lock_guard lock(mu_);
   // Posting under the lock means the executor cannot be released (by the
   // ticker's end, and so by its io_context's teardown) in between.
-  if (ex_ && !wake_posted_) {
-    wake_posted_ = true;
+  if (enqueue(std::move(msg))) {
     asio::post(ex_, [self = shared_from_this(), gen = generation_] { self->wake(gen); });
   }
+}
+
+void GuardState::control_into(RuntimeControlMessage msg, WakeBatch& batch) {
+  std::lock_guard lock(mu_);
+  if (!enqueue(std::move(msg))) return;
+  const auto* io = ex_.target<asio::io_context::executor_type>();
+  if (io == nullptr) {
+    asio::post(ex_, [self = shared_from_this(), gen = generation_] { self->wake(gen); });
+    return;
+  }
+  // The batch holds a plain copy of the executor: the caller (a manager's
+  // fan-out) holds counted work on that io_context until it has posted.
+  auto& groups = batch.groups_;
+  auto it = std::find_if(groups.begin(), groups.end(), [io](const WakeBatch::Group& g) { return g.ex == *io; });
+  if (it == groups.end()) it = groups.insert(groups.end(), WakeBatch::Group{*io, {}});
+  it->wakes.emplace_back(shared_from_this(), generation_);
+}
+
+namespace {
+
+/// One io_context's share of a batch, run there.
+struct WakeAll {
+  std::vector<std::pair<std::shared_ptr<GuardState>, std::uint64_t>> wakes;
+  void operator()() const;
+};
+
+}  // namespace
+
+void WakeAll::operator()() const {
+  for (const auto& [guard, gen] : wakes) guard->wake(gen);
+}
+
+void WakeBatch::post() noexcept {
+  for (auto& g : groups_) {
+    WakeAll all{std::move(g.wakes)};
+    try {
+      asio::post(g.ex, std::move(all));  // a handler Asio cannot allocate for stays with us
+    } catch (...) {
+      // Out of memory: the messages are queued, but no wake-up is on its
+      // way. Clear the mark so that the next message posts one, as after
+      // any wake-up.
+      for (const auto& [guard, gen] : all.wakes) guard->unmark_wake(gen);
+    }
+  }
+  groups_.clear();
+}
+
+void GuardState::unmark_wake(std::uint64_t generation) noexcept {
+  std::lock_guard lock(mu_);
+  if (generation == generation_) wake_posted_ = false;
 }
 
 void GuardState::wake(std::uint64_t generation) noexcept {

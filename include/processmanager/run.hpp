@@ -74,11 +74,14 @@ void shard_across(const std::vector<asio::io_context*>& contexts);
 /// pending then is dropped. Threads the program started before pm::run
 /// should block those signals too.
 ///
-/// Once the tree has ended, the io_context is stopped and its threads get
-/// the root's abandon_timeout (5 s for a root that is not a manager) to
-/// return. One still blocked in a service is then left behind (logged):
-/// pm::run returns anyway, and the io_context and the tree live on for as
-/// long as that thread.
+/// Once the tree has ended, the io threads return as their io_contexts run
+/// out of work: a thread of the program's that is still inside a handle's
+/// control() holds work until it lets go, so the io_contexts never go from
+/// under it. What still holds work when the root's abandon_timeout (5 s
+/// for a root that is not a manager) has passed since the end (a service
+/// left behind) is stopped. A thread still blocked in a service is then
+/// left behind (logged): pm::run returns anyway, and the io_contexts and
+/// the tree live on for as long as that thread.
 int run(std::shared_ptr<Runnable> root, RunOptions options = {});
 
 }  // namespace pm

@@ -66,8 +66,30 @@ void tell_one(ProcessControlHandler& handle, const RuntimeControlMessage& msg) n
   }
 }
 
+namespace {
+
+/// tell_one, with a guard's wake-up left to `batch`.
+void tell_into(ProcessControlHandler& handle, const RuntimeControlMessage& msg, WakeBatch& batch) noexcept {
+  try {
+    if (typeid(handle) == typeid(GuardState)) {
+      static_cast<GuardState&>(handle).control_into(msg, batch);
+    } else {
+      handle.control(msg);
+    }
+  } catch (...) {
+    // As in tell_one.
+  }
+}
+
+}  // namespace
+
 void tell_all(const std::vector<std::shared_ptr<ProcessControlHandler>>& handles, const RuntimeControlMessage& msg) {
-  for (const auto& h : handles) tell_one(*h, msg);
+  // Every message is queued before any service is woken; the wake-ups go
+  // out one handler per io_context (WakeBatch), which is what lets a
+  // sharded run's fan-out scale.
+  WakeBatch batch;
+  for (const auto& h : handles) tell_into(*h, msg, batch);
+  batch.post();
 }
 
 /// Posts a terminal cancellation to each node, on its own executor.
@@ -88,7 +110,10 @@ void deliver_stop(ManagerRun& run, Actions& act, bool also_force) {
     return;
   }
   const auto msg = RuntimeControlMessage::shutdown();
-  for (const auto& n : act.stop) tell_one(*n->handle, msg);
+  {
+    WakeBatch batch;  // as in tell_all
+    for (const auto& n : act.stop) tell_into(*n->handle, msg, batch);
+  }
   {
     std::lock_guard lock(run.core->mu);
     run.on_delivered(act, clock::now());
@@ -302,8 +327,7 @@ bool watch(ChildNode& node, const std::shared_ptr<ManagerRun>& run) {
   });
 }
 
-void spawn(const std::shared_ptr<ManagerRun>& run, const std::shared_ptr<ChildNode>& node, asio::awaitable<void> body,
-           bool again) {
+void spawn(const std::shared_ptr<ManagerRun>& run, const std::shared_ptr<ChildNode>& node, bool again) {
   // Spawned from a plain post rather than directly: co_spawn's own hop to
   // the strand counts as a continuation, which Asio keeps on the current
   // thread's private queue, so every child of a manager would start on the
@@ -313,16 +337,31 @@ void spawn(const std::shared_ptr<ManagerRun>& run, const std::shared_ptr<ChildNo
   // manager posts all its children's starts at once, so that is 4 MB of
   // peak at 100k children. A run that is gone by the time the start comes
   // round gave up on this child, which then never starts.
-  asio::post(node->executor(run->base),
-             [node, weak = std::weak_ptr<ManagerRun>(run), body = std::move(body), again]() mutable {
-               const auto alive = weak.lock();
-               if (!alive) return;
-               if (again) node->done = false;  // strand-local, like the coroutine it belongs to
-               // A handle that cannot report readiness: running is ready. A guard's
-               // handle reports both when the service takes its ticker (on_ready).
-               if (!node->watches) node->on_ready(true);
-               asio::co_spawn(node->executor(alive->base), std::move(body), ChildDone{node});
-             });
+  //
+  // process_start() is called here, on the child's own executor, not by
+  // the manager: its coroutine frame is then allocated on the thread that
+  // runs it, which in a sharded run is the shard's (its own malloc arena;
+  // the frame freed where it was allocated), and a manager starting many
+  // children does not allocate every frame on its own thread.
+  asio::post(node->executor(run->base), [node, weak = std::weak_ptr<ManagerRun>(run), again]() mutable {
+    const auto alive = weak.lock();
+    if (!alive) return;
+    if (again) node->done = false;  // strand-local, like the coroutine it belongs to
+    asio::awaitable<void> body;
+    try {
+      body = node->runnable->process_start();
+    } catch (...) {
+      // A process_start() that throws before returning its coroutine fails
+      // like one that throws inside it.
+      node->done = true;
+      child_ended(node, std::current_exception());
+      return;
+    }
+    // A handle that cannot report readiness: running is ready. A guard's
+    // handle reports both when the service takes its ticker (on_ready).
+    if (!node->watches) node->on_ready(true);
+    asio::co_spawn(node->executor(alive->base), std::move(body), ChildDone{node});
+  });
 }
 
 std::shared_ptr<ChildNode> start_child(const std::shared_ptr<ManagerRun>& run, std::shared_ptr<Runnable> child,
@@ -396,17 +435,7 @@ std::shared_ptr<ChildNode> start_child(const std::shared_ptr<ManagerRun>& run, s
   }
   if (stop_now && !told_to_stop) tell_one(*handle, RuntimeControlMessage::shutdown());
 
-  asio::awaitable<void> body;
-  try {
-    body = node->runnable->process_start();
-  } catch (...) {
-    // A process_start() that throws before returning its coroutine fails
-    // like one that throws inside it.
-    node->done = true;
-    child_ended(node, std::current_exception());
-    return node;
-  }
-  spawn(run, node, std::move(body), false);
+  spawn(run, node, false);
   if (force_now) force(run->base, {node});  // queued behind its start on its strand
   return node;
 }
@@ -416,27 +445,16 @@ void restart_child(const std::shared_ptr<ManagerRun>& run, const std::shared_ptr
   ManagerCore& core = *run->core;
   // Whatever stop reached it before it ended belongs to the run that ended.
   forget_shutdown(node->handle);
-  asio::awaitable<void> body;
-  std::exception_ptr error;
-  try {
-    body = node->runnable->process_start();
-  } catch (...) {
-    error = std::current_exception();
-  }
   Phase phase = Phase::running;
   {
     std::lock_guard lock(core.mu);
     phase = run->on_restarted(*node, clock::now());
   }
   core.flush();
-  if (error) {
-    child_ended(node, error);
-    return;
-  }
   // Told to stop (or cancelled) while its restart was on its way: the new
   // run gets that stop first.
   if (phase != Phase::running) tell_one(*node->handle, RuntimeControlMessage::shutdown());
-  spawn(run, node, std::move(body), true);
+  spawn(run, node, true);
   if (phase == Phase::forced) force(run->base, {node});  // queued behind its start on its strand
 }
 
@@ -560,6 +578,9 @@ asio::awaitable<void> run_manager(std::shared_ptr<ManagerCore> core) {
   struct Detach {
     ManagerRun& run;
     ~Detach() {
+      // The shards may go once the run has ended: the run itself may be
+      // released later, by a thread outside them (control()).
+      run.shard_work.clear();
       ManagerCore& c = *run.core;
       std::unique_lock lock(c.mu);
       run.timer = nullptr;

@@ -63,9 +63,10 @@ class ManagerRun {
 
   const std::shared_ptr<ManagerCore> core;
   const asio::any_io_executor base;
-  // Set before the run is shared, then only read. In a sharded run: the
-  // set, and counted work on each shard, so that no shard's run() returns
-  // while this run may still place or hear from a child there.
+  // Set before the run is shared. In a sharded run: the set, and counted
+  // work on each shard, so that no shard's run() returns while this run may
+  // still place or hear from a child there; the work is let go when the
+  // run's frame ends (only that frame touches it).
   std::shared_ptr<const ShardRing> shards;
   std::vector<asio::any_io_executor> shard_work;
 

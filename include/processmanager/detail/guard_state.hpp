@@ -127,6 +127,34 @@ inline constexpr asio::cancellation_type_t control_cancellation =
 /// True when `e` holds the error Asio reports for a cancelled operation.
 bool is_operation_aborted(const std::exception_ptr& e) noexcept;
 
+class GuardState;
+
+/// The wake-ups of a manager's fan-out (one message to many services),
+/// gathered so that the services on one io_context are woken by one
+/// handler posted there, not by one post each: a post to another thread's
+/// io_context costs a lock and, while that thread sleeps, a wake-up call,
+/// and a sharded run's fan-out crosses shards. Only wake-ups for a plain
+/// io_context executor are gathered; one for a strand is posted at once,
+/// as control() posts it. Whatever is gathered is posted by post(), or by
+/// the destructor.
+class WakeBatch {
+ public:
+  WakeBatch() = default;
+  WakeBatch(const WakeBatch&) = delete;
+  WakeBatch& operator=(const WakeBatch&) = delete;
+  ~WakeBatch() { post(); }
+  /// Posts one handler per io_context that wakes its services in order.
+  void post() noexcept;
+
+ private:
+  friend class GuardState;
+  struct Group {
+    asio::io_context::executor_type ex;
+    std::vector<std::pair<std::shared_ptr<GuardState>, std::uint64_t>> wakes;  // guard, generation
+  };
+  std::vector<Group> groups_;  // as many as io_contexts: a handful
+};
+
 /// Shared by a RuntimeGuard, its live RuntimeTicker and every copy of its
 /// handle (it *is* the handle, to spend one allocation per service).
 ///
@@ -142,6 +170,10 @@ class GuardState final : public ProcessControlHandler,
   explicit GuardState(std::string name) : name_(std::move(name)) {}
 
   void control(RuntimeControlMessage msg) override;
+  /// control(), but a wake-up due for a service on a plain io_context
+  /// executor is left to `batch` (see WakeBatch); the message itself is in
+  /// the inbox, in order, when this returns.
+  void control_into(RuntimeControlMessage msg, WakeBatch& batch);
   bool watch_readiness(std::function<void(bool)> on_ready) override;
   /// watch_readiness without a function object: what a manager uses.
   void watch_target(std::weak_ptr<ReadinessTarget> target) override;
@@ -197,9 +229,16 @@ class GuardState final : public ProcessControlHandler,
 
   const std::string& name() const noexcept { return name_; }
 
- private:
+  /// Runs a wake-up posted for ticker `generation`, on its executor.
   void wake(std::uint64_t generation) noexcept;
+  /// A batched wake-up could not be posted: the next message posts one.
+  void unmark_wake(std::uint64_t generation) noexcept;
+
+ private:
   void notify_ready(bool declared);
+  /// Queues `msg`; returns true when a wake-up is due (and marks it posted).
+  /// Under mu_.
+  bool enqueue(RuntimeControlMessage msg);
 
   const std::string name_;
   Heartbeat heartbeat_;
