@@ -42,6 +42,11 @@ constexpr std::array<int, 4> handled_signals{SIGINT, SIGTERM, SIGQUIT, SIGHUP};
 /// Used when the root is not a manager (which has its own abandon_timeout).
 constexpr std::chrono::seconds default_abandon_bound{5};
 
+/// How long the io threads get to run out of work by themselves once the
+/// tree has ended (at most the abandon bound), before they are stopped: a
+/// thread inside a handle's control() lets go in microseconds.
+constexpr std::chrono::seconds run_out_grace{1};
+
 /// How long io threads not blocked in a service take to return once their
 /// io_context is stopped: the handler they run finishes first.
 constexpr std::chrono::milliseconds stop_grace{100};
@@ -402,12 +407,13 @@ int run(std::shared_ptr<Runnable> root, RunOptions options) {
   // The io threads first get to run out of work by themselves: a thread
   // outside them that is still inside a handle's control() holds counted
   // work (and the tree's objects) until it lets go, and stopping under it
-  // would destroy the io_context first. What still holds work at the bound
-  // (a service left behind) is stopped.
+  // would destroy the io_context first. What still holds work a moment
+  // later (a service left behind, a timer a service left armed) is stopped.
   lock.unlock();
   shard_work.clear();
   lock.lock();
-  if (!st->cv.wait_until(lock, deadline, [&st] { return st->io_running == 0; })) {
+  const auto run_out_by = std::min(deadline, std::chrono::steady_clock::now() + run_out_grace);
+  if (!st->cv.wait_until(lock, run_out_by, [&st] { return st->io_running == 0; })) {
     lock.unlock();
     for (auto& c : st->io) c->stop();
     lock.lock();

@@ -79,43 +79,47 @@ void GuardState::control(RuntimeControlMessage msg) {
 void GuardState::control_into(RuntimeControlMessage msg, WakeBatch& batch) {
   std::lock_guard lock(mu_);
   if (!enqueue(std::move(msg))) return;
+  const auto post_one = [this] {
+    asio::post(ex_, [self = shared_from_this(), gen = generation_] { self->wake(gen); });
+  };
   const auto* io = ex_.target<asio::io_context::executor_type>();
   if (io == nullptr) {
-    asio::post(ex_, [self = shared_from_this(), gen = generation_] { self->wake(gen); });
+    post_one();
     return;
   }
   // The batch holds a plain copy of the executor: the caller (a manager's
   // fan-out) holds counted work on that io_context until it has posted.
-  auto& groups = batch.groups_;
-  auto it = std::find_if(groups.begin(), groups.end(), [io](const WakeBatch::Group& g) { return g.ex == *io; });
-  if (it == groups.end()) it = groups.insert(groups.end(), WakeBatch::Group{*io, {}});
-  it->wakes.emplace_back(shared_from_this(), generation_);
-}
-
-namespace {
-
-/// One io_context's share of a batch, run there.
-struct WakeAll {
-  std::vector<std::pair<std::shared_ptr<GuardState>, std::uint64_t>> wakes;
-  void operator()() const;
-};
-
-}  // namespace
-
-void WakeAll::operator()() const {
-  for (const auto& [guard, gen] : wakes) guard->wake(gen);
+  try {
+    auto& groups = batch.groups_;
+    auto it = std::find_if(groups.begin(), groups.end(), [io](const WakeBatch::Group& g) { return g.ex == *io; });
+    if (it == groups.end()) it = groups.insert(groups.end(), WakeBatch::Group{*io, {}});
+    it->wakes.emplace_back(shared_from_this(), generation_);
+  } catch (...) {
+    // Out of memory: a wake-up of its own, or none marked as on its way.
+    try {
+      post_one();
+    } catch (...) {
+      wake_posted_ = false;
+      throw;
+    }
+  }
 }
 
 void WakeBatch::post() noexcept {
   for (auto& g : groups_) {
-    WakeAll all{std::move(g.wakes)};
+    // Shared, so that the list is still ours when Asio cannot allocate the
+    // handler (it moves the handler before it allocates).
+    std::shared_ptr<const std::vector<std::pair<std::shared_ptr<GuardState>, std::uint64_t>>> list;
     try {
-      asio::post(g.ex, std::move(all));  // a handler Asio cannot allocate for stays with us
+      list = std::make_shared<const std::vector<std::pair<std::shared_ptr<GuardState>, std::uint64_t>>>(
+          std::move(g.wakes));
+      asio::post(g.ex, [list] {
+        for (const auto& [guard, gen] : *list) guard->wake(gen);
+      });
     } catch (...) {
       // Out of memory: the messages are queued, but no wake-up is on its
-      // way. Clear the mark so that the next message posts one, as after
-      // any wake-up.
-      for (const auto& [guard, gen] : all.wakes) guard->unmark_wake(gen);
+      // way. Clear the mark so that the next message posts one.
+      for (const auto& [guard, gen] : list ? *list : g.wakes) guard->unmark_wake(gen);
     }
   }
   groups_.clear();

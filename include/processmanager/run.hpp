@@ -35,20 +35,27 @@ struct RunOptions {
 
 /// Makes `contexts` one set of shards. A manager that runs on one of them
 /// (its process_start() spawned on it, or on a strand of it) places each
-/// child it starts, restarts included, on one of them: ChildOptions::shard
-/// (modulo their count) where given, otherwise the next in turn. A child
-/// runs wholly on its shard, on a strand of it where that io_context may
-/// run on several threads; a nested manager on another shard spreads its
-/// own children across the set again. While a manager runs it holds work
-/// on every shard, so no shard's run() returns under it.
+/// child it starts on one of them: ChildOptions::shard (modulo their
+/// count) where given, otherwise the next in turn. A child runs wholly on
+/// its shard, on a strand of it where that io_context may run on several
+/// threads, and a restart brings it back on the same shard; a nested
+/// manager on another shard spreads its own children across the set
+/// again. While a manager runs it holds work on every shard, so no
+/// shard's run() returns under it.
 ///
-/// Call it before a manager starts on them; a manager run already going
-/// keeps the set it started with. One context alone leaves that context
-/// unsharded. Throws std::invalid_argument for none, a null pointer or a
-/// context given twice. Every context must outlive every manager run on
-/// any of them, and they should be shut down together (pm::run does): a
-/// context destroyed while another still runs a child of the set's
-/// managers leaves that child pointing into it.
+/// Call it once per set, with every context of the set, before a manager
+/// starts on them; a manager run already going keeps the set it started
+/// with, and a context left out of a later call keeps the set it had. One
+/// context alone leaves that context unsharded. Throws
+/// std::invalid_argument for none, a null pointer, a context given twice,
+/// or one whose concurrency hint turns off locking (the shards post into
+/// each other). Every context must outlive every manager run on any of
+/// them, and every thread that may still be inside a handle's control().
+/// A context destroyed with handlers still queued (a run torn down
+/// unfinished) releases work on the others: shut all of them down before
+/// destroying any (pm::run does; execution_context::shutdown() is
+/// protected, so derive from io_context to call it), or let every one run
+/// out of work first.
 void shard_across(const std::vector<asio::io_context*>& contexts);
 
 /// Runs `root` until it ends, blocking the caller, on `threads` io threads
@@ -77,11 +84,12 @@ void shard_across(const std::vector<asio::io_context*>& contexts);
 /// Once the tree has ended, the io threads return as their io_contexts run
 /// out of work: a thread of the program's that is still inside a handle's
 /// control() holds work until it lets go, so the io_contexts never go from
-/// under it. What still holds work when the root's abandon_timeout (5 s
-/// for a root that is not a manager) has passed since the end (a service
-/// left behind) is stopped. A thread still blocked in a service is then
-/// left behind (logged): pm::run returns anyway, and the io_contexts and
-/// the tree live on for as long as that thread.
+/// under it. What still holds work a second after the end (a service left
+/// behind, a timer one left armed), or once the root's abandon_timeout
+/// (5 s for a root that is not a manager) has passed if that is sooner, is
+/// stopped. A thread still blocked in a service is then left behind
+/// (logged): pm::run returns anyway, and the io_contexts and the tree live
+/// on for as long as that thread.
 int run(std::shared_ptr<Runnable> root, RunOptions options = {});
 
 }  // namespace pm

@@ -19,6 +19,17 @@ void shard_across(const std::vector<asio::io_context*>& contexts) {
         contexts.begin() + static_cast<std::ptrdiff_t>(i)) {
       throw std::invalid_argument("pm::shard_across: io_context " + std::to_string(i) + " is given twice");
     }
+    // Starts, wake-ups and cancellations are posted into a shard from the
+    // others' threads: its scheduler and reactor must lock.
+    const int hint = asio::use_service<asio::detail::io_context_impl>(*contexts[i]).concurrency_hint();
+    if (BOOST_ASIO_CONCURRENCY_HINT_IS_SPECIAL(hint) &&
+        (!BOOST_ASIO_CONCURRENCY_HINT_IS_LOCKING(SCHEDULER, hint) ||
+         !BOOST_ASIO_CONCURRENCY_HINT_IS_LOCKING(REACTOR_REGISTRATION, hint) ||
+         !BOOST_ASIO_CONCURRENCY_HINT_IS_LOCKING(REACTOR_IO, hint))) {
+      throw std::invalid_argument("pm::shard_across: io_context " + std::to_string(i) +
+                                  " was made with a concurrency hint that turns locking off; shards are posted "
+                                  "to from each other's threads");
+    }
   }
   std::shared_ptr<detail::ShardRing> ring;
   if (contexts.size() > 1) {
