@@ -73,6 +73,13 @@ class Set {
   std::vector<std::thread> threads_;
 };
 
+/// "prefix" followed by `v`. Not "literal" + to_string(): g++ -O3 warns
+/// falsely (-Wrestrict) on that.
+template <class T>
+std::string named(const char* prefix, T v) {
+  return std::string(prefix).append(std::to_string(v));
+}
+
 /// Waits for `f`, turning a hang into a failure.
 template <class F>
 void finish(F& f) {
@@ -103,7 +110,7 @@ class Where : public Runnable {
         break;
       }
       const int* v = msg.custom_if<int>();
-      seen.push_back(msg.is_reload() ? "reload" : "custom " + std::to_string(v != nullptr ? *v : -1));
+      seen.push_back(msg.is_reload() ? "reload" : named("custom ", v != nullptr ? *v : -1));
     }
   }
   std::string process_name() const override { return name_; }
@@ -155,7 +162,7 @@ TEST(shards, children_are_dealt_in_turn_and_an_explicit_shard_is_taken_modulo_th
   b.name("root");
   std::vector<std::shared_ptr<Where>> kids;
   for (int i = 0; i < 6; ++i) {
-    kids.push_back(std::make_shared<Where>("w" + std::to_string(i), set));
+    kids.push_back(std::make_shared<Where>(named("w", i), set));
     b.pre_insert(kids.back());
   }
   // Explicit: 7 % 3 = 1, and 2.
@@ -192,7 +199,7 @@ TEST(shards, readiness_waits_for_children_on_every_shard) {
   b.name("root");
   for (std::size_t i = 0; i < count; ++i) {
     // Ready when told (a custom message), on whichever shard it landed.
-    kids.push_back(make_runnable("g" + std::to_string(i), [&declared, i](RuntimeContext& ctx) -> asio::awaitable<void> {
+    kids.push_back(make_runnable(named("g", i), [&declared, i](RuntimeContext& ctx) -> asio::awaitable<void> {
       for (;;) {
         auto msg = co_await ctx.next_control();
         if (msg.is_shutdown()) co_return;
@@ -220,7 +227,7 @@ TEST(shards, a_failure_on_one_shard_stops_the_others_and_is_reported_by_path) {
   auto root = ProcessManagerBuilder().name("root").build();
   std::vector<std::shared_ptr<IdleService>> idle;
   for (int i = 0; i < 5; ++i) {
-    idle.push_back(std::make_shared<IdleService>("idle" + std::to_string(i)));
+    idle.push_back(std::make_shared<IdleService>(named("idle", i)));
     root->insert(idle.back());
   }
   auto failing = std::make_shared<FailingService>("bad", "disk full", true);
@@ -254,7 +261,7 @@ TEST(shards, a_restarted_child_comes_back_on_its_shard_and_a_nested_manager_spre
   auto inner = ProcessManagerBuilder().name("inner").build();
   std::vector<std::shared_ptr<Where>> grandkids;
   for (int i = 0; i < 4; ++i) {
-    grandkids.push_back(std::make_shared<Where>("g" + std::to_string(i), set));
+    grandkids.push_back(std::make_shared<Where>(named("g", i), set));
     inner->insert(grandkids.back());
   }
   auto root =
@@ -295,7 +302,7 @@ TEST(shards, randomized_messages_across_shards_are_neither_lost_nor_reordered) {
     const std::size_t n = 4 + rng() % 12;
     std::vector<std::shared_ptr<Where>> kids;
     for (std::size_t i = 0; i < n; ++i) {
-      kids.push_back(std::make_shared<Where>("k" + std::to_string(i), set));
+      kids.push_back(std::make_shared<Where>(named("k", i), set));
       if (rng() % 2 == 0) {
         b.pre_insert(kids.back(), ChildOptions{.shard = rng() % 7});
       } else {
@@ -314,7 +321,7 @@ TEST(shards, randomized_messages_across_shards_are_neither_lost_nor_reordered) {
       for (std::size_t m = 0; m < count; ++m) {
         const auto v = static_cast<int>(rng() % 1000);
         plan[i].push_back(v);
-        model[i].push_back("custom " + std::to_string(v));
+        model[i].push_back(named("custom ", v));
       }
     }
     const std::size_t reloads = rng() % 6;
@@ -357,7 +364,7 @@ TEST(shards, run_sharded_stops_reloads_and_fails_like_an_unsharded_run) {
     auto root = ProcessManagerBuilder().name("root").build();
     std::vector<std::shared_ptr<IdleService>> kids;
     for (int i = 0; i < 8; ++i) {
-      kids.push_back(std::make_shared<IdleService>("i" + std::to_string(i)));
+      kids.push_back(std::make_shared<IdleService>(named("i", i)));
       root->insert(kids.back());
     }
     std::promise<int> code;
@@ -392,7 +399,7 @@ TEST(shards, run_outlasts_a_thread_still_inside_control_when_the_tree_ends) {
   for (int round = 0; round < 100; ++round) {
     const bool sharded = round % 2 == 0;
     auto root = ProcessManagerBuilder().name("root").build();
-    for (int i = 0; i < 4; ++i) root->insert(std::make_shared<IdleService>("i" + std::to_string(i)));
+    for (int i = 0; i < 4; ++i) root->insert(std::make_shared<IdleService>(named("i", i)));
     std::atomic<bool> over{false};
     std::promise<int> code;
     auto result = code.get_future();
