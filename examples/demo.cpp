@@ -26,6 +26,7 @@
 #include <stdexcept>
 #include <string>
 
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 namespace asio = pm::asio;
@@ -161,13 +162,30 @@ std::shared_ptr<pm::ProcessManager> build_tree(std::uint16_t port, const std::st
                                    .backoff = {.initial = 200ms, .factor = 2.0, .max = 5s, .jitter = true},
                                    .reset_after = 10s};
 
-  root->insert(std::make_shared<pm::HealthServer>(
-      root, pm::HealthOptions{.address = address, .port = port, .on_listening = [address](std::uint16_t p) {
-                                const std::string base = "http://" + address + ":" + std::to_string(p);
-                                say("demo: health endpoints on " + base + "/livez /readyz /status");
-                                say("demo: try  curl " + base + "/status   |   kill -HUP " +
-                                    std::to_string(::getpid()) + " reloads, Ctrl-C stops");
-                              }}));
+  pm::HealthOptions health{.address = address, .port = port, .on_listening = [address](std::uint16_t p) {
+                             const std::string base = "http://" + address + ":" + std::to_string(p);
+                             say("demo: health endpoints on " + base + "/livez /readyz /status /metrics");
+                             say("demo: try  curl " + base + "/readyz?verbose   |   kill -HUP " +
+                                 std::to_string(::getpid()) + " reloads, Ctrl-C stops");
+                           }};
+  // A readiness check of the program's own: /readyz fails while the disk
+  // is (nearly) full. statvfs() does not block for long: a plain function.
+  health.checks.push_back(pm::make_check("disk", pm::CheckKind::readiness, [] {
+    struct statvfs fs {};
+    if (::statvfs("/", &fs) != 0) return pm::HealthCheckResult::unhealthy("statvfs failed");
+    const double free = static_cast<double>(fs.f_bavail) / static_cast<double>(fs.f_blocks);
+    return free > 0.01 ? pm::HealthCheckResult::healthy()
+                       : pm::HealthCheckResult::unhealthy(std::to_string(free * 100) + "% free");
+  }));
+  // Metrics of the program's own, in the same /metrics document.
+  health.metrics = [](pm::MetricsWriter& w) {
+    struct statvfs fs {};
+    if (::statvfs("/", &fs) != 0) return;
+    w.family("demo_disk_free_bytes", "gauge", "Bytes free on / for unprivileged users.");
+    w.sample("demo_disk_free_bytes", {{"mount", "/"}},
+             static_cast<double>(fs.f_bavail) * static_cast<double>(fs.f_frsize));
+  };
+  root->insert(std::make_shared<pm::HealthServer>(root, std::move(health)));
   root->insert(std::make_shared<Heartbeat>(), pm::ChildOptions{.heartbeat_timeout = 3s});
   root->insert(std::make_shared<Flaky>(), pm::ChildOptions{.restart = backoff});
   root->insert(pm::make_blocking_runnable("disk-poller",

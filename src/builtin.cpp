@@ -568,17 +568,21 @@ asio::awaitable<void> RestartSupervisor::process_start() {
     if (now - started >= opts.reset_after) attempt = 0;
     ++attempt;
     const auto backoff = backoff_delay(opts.backoff, attempt);
-    state->restarts.fetch_add(1);
+    const auto restart = static_cast<std::uint32_t>(state->restarts.fetch_add(1) + 1);
     state->last_backoff_ns.store(backoff.count());
-    log_line(LogLevel::warn, state->name,
-             (error ? describe(error) : std::string("ended")) + "; restarting in " + millis(backoff) + " (restart " +
-                 std::to_string(state->restarts.load()) + ")");
     {
       Event ev;
       ev.kind = EventKind::restart;
+      ev.path = state->name;
       ev.cause = error;
       ev.backoff = backoff;
       ev.detail = error ? "failed" : "ended; permanent";  // as a manager words it
+      ev.restart = restart;
+      if (log_enabled(LogLevel::warn)) {
+        detail::log_event(ev, LogLevel::warn,
+                          (error ? describe(error) : std::string("ended")) + "; restarting in " + millis(backoff) +
+                              " (restart " + std::to_string(restart) + ")");
+      }
       state->emit(std::move(ev));
     }
 

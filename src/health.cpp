@@ -2,9 +2,6 @@
 
 #include <processmanager/runtime_guard.hpp>
 
-#include <boost/beast/core.hpp>
-#include <boost/beast/http.hpp>
-
 #include <algorithm>
 #include <array>
 #include <limits>
@@ -13,8 +10,8 @@
 #include <system_error>
 
 #include "core/deadline.hpp"
+#include "health_state.hpp"
 #include "log.hpp"
-#include "status_stream.hpp"
 
 namespace pm {
 
@@ -24,17 +21,14 @@ using tcp = asio::ip::tcp;
 
 namespace {
 
-constexpr auto tuple_token = asio::as_tuple(asio::use_awaitable);
-
-using Response = http::response<http::string_body>;
-
-Response text(http::status status, std::string body, unsigned version) {
-  Response res{status, version};
-  res.set(http::field::content_type, "text/plain; charset=utf-8");
-  res.set(http::field::cache_control, "no-store");
-  res.body() = std::move(body);
-  return res;
-}
+using detail::Document;
+using detail::DocumentQueue;
+using detail::Request;
+using detail::Response;
+using detail::status_slice;
+using detail::text;
+using detail::tuple_token;
+using State = detail::HealthState;
 
 bool is_oversize(const boost::system::error_code& ec) {
   return ec == http::error::body_limit || ec == http::error::header_limit || ec == http::error::buffer_overflow;
@@ -45,141 +39,6 @@ bool is_gone(const boost::system::error_code& ec) {
   return ec == beast::error::timeout || ec == asio::error::operation_aborted || ec == asio::error::eof ||
          ec == asio::error::connection_reset || ec == http::error::end_of_stream || ec == http::error::partial_message;
 }
-
-}  // namespace
-
-namespace detail {
-
-/// One accepted connection, registered at accept so that the accept loop
-/// can evict it even before its session began.
-struct HealthConnection {
-  explicit HealthConnection(tcp::socket socket) : stream(std::move(socket)) {}
-  beast::tcp_stream stream;
-  bool answering = false;  // a whole request arrived and its answer is being written: not evictable
-  bool evicted = false;    // closed by the accept loop to make room
-  // Set while it waits for the /status document (answering, but nothing
-  // written yet): evictable after the idle ones, and this wakes it.
-  asio::steady_timer* status_wake = nullptr;
-};
-
-/// A request waiting for the /status document: woken (its timer
-/// cancelled) with the document, or with none when the server stops.
-struct StatusWait {
-  asio::steady_timer* wake;
-  std::shared_ptr<const std::string>* document;
-  bool served = false;  // the document came (the builder may finish before the wait begins)
-};
-
-struct HealthState {
-  std::weak_ptr<ProcessManager> tree;
-  HealthOptions options;
-  std::string name;
-  RuntimeGuard guard;
-  std::atomic<std::uint16_t> port{0};
-  // On the server's executor only.
-  std::list<std::shared_ptr<HealthConnection>> connections;  // every open one, oldest first (accept order)
-  std::size_t evicting = 0;               // evicted, their session not ended yet: not counted against the limit
-  asio::steady_timer* drained = nullptr;  // the stop waits on it for the last connection
-  bool closing = false;
-  // /status: one document is built at a time, in slices, and every request
-  // that arrived before it began gets it (a flood of requests costs one
-  // build at a time, and one copy of the document).
-  std::vector<StatusWait*> status_waiting;  // for the next document
-  std::vector<StatusWait*> status_serving;  // for the one being built
-  bool status_building = false;
-  std::size_t status_size = 0;  // of the last document
-
-  HealthState(const std::shared_ptr<ProcessManager>& t, HealthOptions o, std::string n)
-      : tree(t), options(std::move(o)), name(std::move(n)), guard(name) {}
-
-  /// Connections that count against max_connections.
-  std::size_t counted() const { return connections.size() - evicting; }
-
-  static void close(HealthConnection& c) {
-    boost::system::error_code ignored;
-    c.stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
-    c.stream.socket().close(ignored);
-  }
-
-  /// Closes the oldest connection that is idle or still sending its
-  /// request (a slow or idle client), or else the oldest still waiting for
-  /// the /status document (many clients asking for it at once must not
-  /// starve a probe either), to make room for a new one. False when every
-  /// connection is being written its answer.
-  bool evict_one() {
-    for (const bool status_too : {false, true}) {
-      for (auto& c : connections) {
-        if (c->evicted || (c->answering && !(status_too && c->status_wake != nullptr))) continue;
-        c->evicted = true;
-        ++evicting;
-        close(*c);
-        if (c->status_wake != nullptr) c->status_wake->cancel();
-        return true;
-      }
-    }
-    return false;
-  }
-
-  void close_all() {
-    closing = true;
-    for (auto& c : connections) close(*c);
-    for (auto* w : status_waiting) w->wake->cancel();
-    for (auto* w : status_serving) w->wake->cancel();
-  }
-
-  /// The answer to a request, except a GET or HEAD of /status (see
-  /// is_status), whose document is built in slices.
-  Response answer(const http::request<http::string_body>& req) const {
-    const std::string_view target = path_of(req);
-    const unsigned version = req.version();
-    if (target != "/livez" && target != "/readyz" && target != "/status") {
-      return text(http::status::not_found, "no such endpoint; try /livez, /readyz or /status\n", version);
-    }
-    if (req.method() != http::verb::get && req.method() != http::verb::head) {
-      auto res = text(http::status::method_not_allowed, "only GET and HEAD\n", version);
-      res.set(http::field::allow, "GET, HEAD");
-      return res;
-    }
-    const auto t = tree.lock();
-    if (!t) return text(http::status::service_unavailable, "the tree is gone\n", version);
-    if (target == "/status") return text(http::status::service_unavailable, "status unavailable\n", version);
-    // health(), not status(): its cost does not grow with the number of
-    // services, and probes come often.
-    if (target == "/readyz") {
-      if (t->is_ready()) return text(http::status::ok, "ready\n", version);
-      const ChildState st = t->health().state;
-      return text(http::status::service_unavailable,
-                  st == ChildState::stopping ? "stopping\n" : "not ready (" + std::string(to_string(st)) + ")\n",
-                  version);
-    }
-    const HealthSummary h = t->health();
-    if (h.state == ChildState::stopped || h.state == ChildState::failed) {
-      return text(http::status::service_unavailable, "not running (" + std::string(to_string(h.state)) + ")\n",
-                  version);
-    }
-    if (h.stale == 0) return text(http::status::ok, "alive\n", version);
-    std::string body = "stale heartbeat:";
-    for (const auto& p : h.stale_paths) body.append(" ").append(p);
-    return text(http::status::service_unavailable, body + "\n", version);
-  }
-
-  static std::string_view path_of(const http::request<http::string_body>& req) {
-    std::string_view target(req.target().data(), req.target().size());
-    if (const auto q = target.find('?'); q != std::string_view::npos) target = target.substr(0, q);
-    return target;
-  }
-  /// A request for the /status document (GET or HEAD) of a tree still there.
-  bool is_status(const http::request<http::string_body>& req) const {
-    return path_of(req) == "/status" && (req.method() == http::verb::get || req.method() == http::verb::head) &&
-           !tree.expired();
-  }
-};
-
-}  // namespace detail
-
-namespace {
-
-using State = detail::HealthState;
 
 /// The most a request may span: `max_request_bytes`, within what the
 /// parser's header limit (32 bits) can hold.
@@ -232,86 +91,6 @@ class Registration {
 };
 
 /// How long a slice of the /status document may hold the executor.
-constexpr auto status_slice = std::chrono::microseconds(250);
-
-/// Builds /status documents one at a time, each in slices that give the
-/// executor back in between, for the requests waiting; ends when none waits.
-asio::awaitable<void> build_status(std::shared_ptr<State> s) {
-  struct Idle {
-    State& s;
-    ~Idle() { s.status_building = false; }  // also if the frame goes unfinished
-  } idle{*s};
-  const auto ex = co_await asio::this_coro::executor;
-  while (!s->closing && !s->status_waiting.empty()) {
-    // Whoever asks from now on waits for the next document: this one may
-    // have read part of the tree before the request came.
-    s->status_serving.insert(s->status_serving.end(), s->status_waiting.begin(), s->status_waiting.end());
-    s->status_waiting.clear();
-    std::shared_ptr<const std::string> document;
-    try {
-      std::shared_ptr<detail::ManagerCore> core;
-      if (const auto t = s->tree.lock()) core = detail::CoreAccess::core(*t);
-      if (core) {
-        detail::StatusStream stream(std::move(core));
-        auto text = std::make_shared<std::string>();
-        // Room for about the last document and a bit: growing a string of
-        // megabytes by doubling copies it whole, in one slice.
-        text->reserve(s->status_size + s->status_size / 8);
-        while (!stream.write_some(*text, status_slice)) {
-          co_await asio::post(ex, asio::use_awaitable);  // what else is queued runs first
-          if (s->closing) co_return;                     // the waiters were woken by close_all()
-        }
-        s->status_size = text->size();
-        document = std::move(text);
-      }
-    } catch (const std::exception& e) {
-      detail::log_line(LogLevel::warn, s->name, std::string("building /status failed: ").append(e.what()));
-    }
-    for (auto* w : s->status_serving) {
-      *w->document = document;
-      w->served = true;
-      w->wake->cancel();
-    }
-    s->status_serving.clear();
-  }
-}
-
-/// The /status document, once a build that began after this call ends;
-/// null when the server stops first, the tree is gone or the build failed
-/// (or the connection was evicted meanwhile: then it is not used).
-asio::awaitable<std::shared_ptr<const std::string>> status_document(std::shared_ptr<State> s,
-                                                                    std::shared_ptr<detail::HealthConnection> conn) {
-  const auto ex = co_await asio::this_coro::executor;
-  asio::steady_timer wake(ex, asio::steady_timer::time_point::max());
-  std::shared_ptr<const std::string> document;
-  detail::StatusWait wait{&wake, &document};
-  s->status_waiting.push_back(&wait);
-  conn->status_wake = &wake;
-  struct Unlist {  // whatever way this frame ends, the builder and the accept loop forget it
-    State& s;
-    detail::HealthConnection& conn;
-    detail::StatusWait* w;
-    ~Unlist() {
-      conn.status_wake = nullptr;
-      for (auto* list : {&s.status_waiting, &s.status_serving}) {
-        list->erase(std::remove(list->begin(), list->end(), w), list->end());
-      }
-    }
-  } unlist{*s, *conn, &wait};
-  if (!s->status_building) {
-    s->status_building = true;
-    // It may run at once, on this very strand, and finish a small tree's
-    // document before the wait below begins: hence `served`.
-    asio::co_spawn(ex, build_status(s), [name = s->name](const std::exception_ptr& e) {
-      if (e) detail::log_line(LogLevel::warn, name, "building /status ended with an error: " + describe(e));
-    });
-  }
-  if (!wait.served && !s->closing) {
-    auto [ec] = co_await wake.async_wait(tuple_token);
-    (void)ec;  // cancelled: by the builder with the document, by close_all() or by an eviction
-  }
-  co_return document;
-}
 
 /// One connection: requests answered in turn until the client closes, is
 /// too slow, sends something unacceptable, is evicted, or the server stops.
@@ -397,30 +176,49 @@ asio::awaitable<void> session(std::shared_ptr<State> s, Registration registratio
     }
     const auto& req = parser.get();
     close = !req.keep_alive();
-    if (s->is_status(req)) {
-      auto waiting = status_document(s, conn);  // a named local: see "GCC 12" in the README
-      const std::shared_ptr<const std::string> document = co_await std::move(waiting);
+    const std::string_view path = State::path_of(req);
+    if (const HealthRoute* route = s->route_for(path)) {
+      auto serving = detail::health_route(s, *route, req);  // a named local: see "GCC 12" in the README
+      res = co_await std::move(serving);
       if (s->closing || conn->evicted) co_return;
-      if (document) {
+    } else if (DocumentQueue* q = s->document_for(req)) {
+      auto waiting = detail::health_document(s, q, conn);  // a named local: see "GCC 12" in the README
+      const Document doc = co_await std::move(waiting);
+      if (s->closing || conn->evicted) co_return;
+      if (doc) {
         // The header, then the document itself: shared by every request
         // that waited for it, never copied into a response.
+        std::size_t length = 0;
+        for (const auto& part : *doc) length += part.size();
         http::response<http::empty_body> head{http::status::ok, req.version()};
-        head.set(http::field::content_type, "application/json");
+        head.set(http::field::content_type, q->kind == DocumentQueue::Kind::status
+                                                ? "application/json"
+                                                : "text/plain; version=0.0.4; charset=utf-8");
         head.set(http::field::cache_control, "no-store");
-        head.content_length(document->size());
+        head.content_length(length);
         head.keep_alive(!close);
         stream.expires_after(timeout);
         auto [wec, wn] = co_await http::async_write(stream, head, tuple_token);
         (void)wn;
         if (!wec && req.method() != http::verb::head) {
-          auto [bec, bn] = co_await asio::async_write(stream, asio::buffer(*document), tuple_token);
+          std::vector<asio::const_buffer> buffers;
+          for (const auto& part : *doc) buffers.push_back(asio::buffer(part));
+          auto [bec, bn] = co_await asio::async_write(stream, buffers, tuple_token);
           (void)bn;
           wec = bec;
         }
         if (wec || close) break;
         continue;
       }
-      res = text(http::status::service_unavailable, "status unavailable\n", req.version());
+      res =
+          text(http::status::service_unavailable, std::string(path.substr(1)).append(" unavailable\n"), req.version());
+    } else if (const auto kind = s->probe_of(req)) {
+      const std::string_view target(req.target().data(), req.target().size());
+      const std::string_view query = target.size() > path.size() ? target.substr(path.size() + 1) : std::string_view{};
+      auto probing =
+          detail::health_probe(s, s->answer(req), *kind, query, req.version());  // a named local: see "GCC 12"
+      res = co_await std::move(probing);
+      if (s->closing || conn->evicted) co_return;
     } else {
       res = s->answer(req);
     }
@@ -441,7 +239,6 @@ asio::awaitable<void> session(std::shared_ptr<State> s, Registration registratio
   boost::system::error_code ignored;
   stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
 }
-
 }  // namespace
 
 ChildFactory health_server(HealthOptions options, std::string name) {
@@ -461,6 +258,7 @@ HealthServer::HealthServer(const std::shared_ptr<ProcessManager>& tree, HealthOp
   boost::system::error_code ec;
   (void)asio::ip::make_address(options.address, ec);
   if (ec) throw std::invalid_argument("HealthServer '" + name + "': '" + options.address + "' is not an IP address");
+  detail::validate_health_extras(options, name);
   state_ = std::make_shared<detail::HealthState>(tree, std::move(options), std::move(name));
 }
 

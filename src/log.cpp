@@ -11,6 +11,8 @@
 #include <mutex>
 #include <string>
 
+#include <processmanager/process_manager.hpp>
+
 namespace pm {
 
 namespace {
@@ -32,33 +34,196 @@ std::atomic<int>& threshold_var() noexcept {
 
 int threshold() noexcept { return threshold_var().load(std::memory_order_relaxed); }
 
-void write_stderr(LogLevel level, std::string_view path, std::string_view message) {
-  const auto now = std::chrono::system_clock::now();
+/// The default sink's format, from PM_LOG_FORMAT until set_log_format().
+std::atomic<LogFormat>& format_var() noexcept {
+  static std::atomic<LogFormat> format{detail::log_format_from(std::getenv("PM_LOG_FORMAT"))};
+  return format;
+}
+
+/// Appends "2026-12-02T01:42:56.123Z" for `now`.
+void append_stamp(std::string& line, std::chrono::system_clock::time_point now) {
   const std::time_t secs = std::chrono::system_clock::to_time_t(now);
   const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
   std::tm tm{};
   gmtime_r(&secs, &tm);
   char stamp[40];
   const auto n = std::strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%S", &tm);
-  std::string line(stamp, n);
+  line.append(stamp, n);
   char frac[8];
-  std::snprintf(frac, sizeof frac, ".%03dZ ", static_cast<int>(ms));
+  std::snprintf(frac, sizeof frac, ".%03dZ", static_cast<int>(ms));
   line += frac;
+}
+
+void write_line(const std::string& line) noexcept {
+  // One write(2) per line: atomic for lines below PIPE_BUF, and no stdio lock.
+  const ssize_t ignored = ::write(STDERR_FILENO, line.data(), line.size());
+  (void)ignored;
+}
+
+void write_stderr(LogLevel level, std::string_view path, std::string_view message) {
+  std::string line;
+  append_stamp(line, std::chrono::system_clock::now());
+  line += ' ';
   line += to_string(level);
   line += ' ';
   line += path;
   line += ": ";
   line += message;
   line += '\n';
-  // One write(2) per line: atomic for lines below PIPE_BUF, and no stdio lock.
-  const ssize_t ignored = ::write(STDERR_FILENO, line.data(), line.size());
-  (void)ignored;
+  write_line(line);
+}
+
+/// The length of the well-formed UTF-8 sequence that starts at s[i], or 0
+/// when there is none (a stray continuation byte, an overlong form, a
+/// surrogate, a code point above U+10FFFF, or a cut-off sequence).
+std::size_t utf8_length(std::string_view s, std::size_t i) noexcept {
+  const auto at = [s](std::size_t k) { return static_cast<unsigned char>(s[k]); };
+  const unsigned char c = at(i);
+  std::size_t n = 0;
+  unsigned char lo = 0x80;
+  unsigned char hi = 0xBF;
+  if (c >= 0xC2 && c <= 0xDF) {
+    n = 2;
+  } else if (c >= 0xE0 && c <= 0xEF) {
+    n = 3;
+    if (c == 0xE0) lo = 0xA0;
+    if (c == 0xED) hi = 0x9F;
+  } else if (c >= 0xF0 && c <= 0xF4) {
+    n = 4;
+    if (c == 0xF0) lo = 0x90;
+    if (c == 0xF4) hi = 0x8F;
+  } else {
+    return 0;
+  }
+  if (s.size() - i < n || at(i + 1) < lo || at(i + 1) > hi) return 0;
+  for (std::size_t k = 2; k < n; ++k) {
+    if ((at(i + k) & 0xC0) != 0x80) return 0;
+  }
+  return n;
+}
+
+/// Appends `s` as a JSON string. Paths and messages come from users and
+/// from what() of any exception: a byte that is not UTF-8 becomes U+FFFD so
+/// that a collector never drops the line as invalid JSON.
+void append_json_string(std::string& out, std::string_view s) {
+  out += '"';
+  for (std::size_t i = 0; i < s.size();) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c >= 0x80) {
+      const std::size_t n = utf8_length(s, i);
+      if (n == 0) {
+        out += "\xEF\xBF\xBD";
+        ++i;
+      } else {
+        out.append(s.substr(i, n));
+        i += n;
+      }
+      continue;
+    }
+    switch (c) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      default:
+        if (c < 0x20 || c == 0x7F) {
+          char esc[8];
+          std::snprintf(esc, sizeof esc, "\\u%04x", static_cast<unsigned>(c));
+          out += esc;
+        } else {
+          out += static_cast<char>(c);
+        }
+    }
+    ++i;
+  }
+  out += '"';
+}
+
+void append_field(std::string& out, std::string_view key, std::string_view value) {
+  out += ",\"";
+  out += key;
+  out += "\":";
+  append_json_string(out, value);
+}
+
+void append_number(std::string& out, std::string_view key, long long value) {
+  out += ",\"";
+  out += key;
+  out += "\":";
+  out += std::to_string(value);
+}
+
+std::string_view json_level(LogLevel level) noexcept {
+  switch (level) {
+    case LogLevel::debug:
+      return "debug";
+    case LogLevel::info:
+      return "info";
+    case LogLevel::warn:
+      return "warn";
+    case LogLevel::error:
+      return "error";
+  }
+  return "?";
+}
+
+/// One JSON object per line; `ev` (or null) is what the line reports.
+void write_json(LogLevel level, std::string_view path, std::string_view message, const Event* ev) {
+  std::string line;
+  line.reserve(112 + path.size() + message.size());
+  line += "{\"ts\":\"";
+  append_stamp(line, std::chrono::system_clock::now());
+  line += "\",\"level\":\"";
+  line += json_level(level);
+  line += '"';
+  append_field(line, "path", path);
+  append_field(line, "event", ev != nullptr ? to_string(ev->kind) : std::string_view("log"));
+  append_field(line, "message", message);
+  if (ev != nullptr) {
+    if (ev->state) append_field(line, "state", to_string(*ev->state));
+    if (ev->previous) append_field(line, "previous", to_string(*ev->previous));
+    if (ev->backoff) {
+      append_number(line, "backoff_ms", std::chrono::duration_cast<std::chrono::milliseconds>(*ev->backoff).count());
+    }
+    if (ev->cause) append_field(line, "cause", describe(ev->cause));
+    if (ev->restart) append_number(line, "restart", *ev->restart);
+    if (ev->control) append_field(line, "control", to_string(*ev->control));
+    if (!ev->detail.empty()) append_field(line, "detail", ev->detail);
+  }
+  line += "}\n";
+  write_line(line);
 }
 
 // The sink is swapped rarely and read on every line: readers copy the
 // shared_ptr under a short lock and call it unlocked.
 std::mutex sink_mu;
 std::shared_ptr<const LogSink> current_sink;
+
+void emit(LogLevel level, std::string_view path, std::string_view message, const Event* ev) {
+  std::shared_ptr<const LogSink> sink;
+  {
+    std::lock_guard lock(sink_mu);
+    sink = current_sink;
+  }
+  if (sink) {
+    (*sink)(level, path, message);
+  } else if (format_var().load(std::memory_order_relaxed) == LogFormat::json) {
+    write_json(level, path, message, ev);
+  } else {
+    write_stderr(level, path, message);
+  }
+}
 
 }  // namespace
 
@@ -91,19 +256,41 @@ bool log_enabled(LogLevel level) noexcept { return static_cast<int>(level) >= th
 void log(LogLevel level, std::string_view path, std::string_view message) noexcept {
   if (!log_enabled(level)) return;
   try {
-    std::shared_ptr<const LogSink> sink;
-    {
-      std::lock_guard lock(sink_mu);
-      sink = current_sink;
-    }
-    if (sink) {
-      (*sink)(level, path, message);
-    } else {
-      write_stderr(level, path, message);
-    }
+    emit(level, path, message, nullptr);
   } catch (...) {
     // Logging must never be the reason a stop path throws.
   }
 }
+
+void set_log_format(LogFormat format) noexcept { format_var().store(format, std::memory_order_relaxed); }
+
+LogFormat log_format() noexcept { return format_var().load(std::memory_order_relaxed); }
+
+namespace detail {
+
+void log_event(const Event& ev) noexcept {
+  const LogLevel level = level_of(ev);
+  if (!log_enabled(level)) return;
+  try {
+    emit(level, ev.path, describe(ev), &ev);
+  } catch (...) {
+    // As log(): a manager's event delivery goes on whatever the sink does.
+  }
+}
+
+void log_event(const Event& ev, LogLevel level, std::string_view message) noexcept {
+  if (!log_enabled(level)) return;
+  try {
+    emit(level, ev.path, message, &ev);
+  } catch (...) {
+    // As log().
+  }
+}
+
+LogFormat log_format_from(const char* value) noexcept {
+  return value != nullptr && std::string_view(value) == "json" ? LogFormat::json : LogFormat::text;
+}
+
+}  // namespace detail
 
 }  // namespace pm

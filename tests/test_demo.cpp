@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <string>
 
 #include "child_process.hpp"
@@ -16,6 +17,17 @@ namespace {
 using pm::test::ChildProcess;
 using pm::test::get;
 using pm::test::status_of;
+
+/// What a shell command printed (stderr too); "exit N: ..." when it failed.
+std::string shell(const std::string& command) {
+  FILE* p = ::popen(("(" + command + ") 2>&1").c_str(), "r");
+  if (p == nullptr) return "popen failed";
+  std::string out;
+  char buf[4096];
+  for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
+  const int rc = ::pclose(p);
+  return rc == 0 ? out : "exit " + std::to_string(rc) + ": " + out;
+}
 
 std::uint16_t port_of(const std::string& line) {
   const auto at = line.find("127.0.0.1:");
@@ -53,6 +65,22 @@ TEST(demo, serves_readyz_reloads_on_sighup_and_stops_on_sigterm_with_exit_0) {
        {"demo/health", "demo/heartbeat", "demo/flaky", "demo/disk-poller", "demo/signal-receiver"}) {
     EXPECT_NE(status.find(std::string("\"") + child + "\""), std::string::npos) << child << " in " << status;
   }
+
+  // /metrics as an operator's scraper sees it: curl, and Debian's
+  // Prometheus client parser reading every family, the demo's own included.
+  const std::string parsed = shell("curl -s -S --max-time 60 http://127.0.0.1:" + std::to_string(port) +
+                                   "/metrics | /usr/bin/python3 -c '"
+                                   "import sys\n"
+                                   "from prometheus_client.parser import text_string_to_metric_families as p\n"
+                                   "for f in p(sys.stdin.read()):\n"
+                                   "    for s in f.samples: print(s.name, sorted(s.labels.items()), s.value)\n'");
+  EXPECT_NE(parsed.find("processmanager_child_restarts_total [('path', 'demo/flaky')]"), std::string::npos) << parsed;
+  EXPECT_NE(parsed.find("processmanager_child_heartbeat_age_seconds [('path', 'demo/heartbeat')]"), std::string::npos)
+      << parsed;
+  EXPECT_NE(parsed.find("demo_disk_free_bytes [('mount', '/')]"), std::string::npos) << parsed;
+  const std::string verbose =
+      shell("curl -s -S --max-time 60 'http://127.0.0.1:" + std::to_string(port) + "/readyz?verbose'");
+  EXPECT_NE(verbose.find("[+]disk ok\n"), std::string::npos) << verbose;
 
   demo.signal(SIGHUP);
   EXPECT_TRUE(demo.wait_line("heartbeat: reload received"));

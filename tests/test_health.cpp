@@ -186,7 +186,7 @@ TEST(health, bad_requests_get_400_404_405_and_413_and_keep_alive_serves_several)
   const std::uint16_t port = t.port();
   ASSERT_NE(port, 0);
 
-  auto r = get(port, "/metrics");
+  auto r = get(port, "/metricz");
   EXPECT_EQ(status_of(r), 404) << r;
   r = get(port, "/readyz", "POST");
   EXPECT_EQ(status_of(r), 405) << r;

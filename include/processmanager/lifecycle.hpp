@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <exception>
 #include <functional>
 #include <optional>
@@ -54,6 +55,7 @@ struct Event {
   std::optional<std::chrono::nanoseconds> backoff{};  ///< the wait before a restart (kind restart only)
   std::optional<ControlKind> control{};               ///< the message (kind control only)
   std::string detail{};                               ///< a few words more, for people
+  std::optional<std::uint32_t> restart{};             ///< which restart this is, 1 for the first (kind restart only)
 };
 
 /// Severity of a log line.
@@ -83,6 +85,18 @@ void set_log_level(std::optional<LogLevel> level) noexcept;
 void log(LogLevel level, std::string_view path, std::string_view message) noexcept;
 /// True when a line at `level` would be written (lets callers skip formatting).
 bool log_enabled(LogLevel level) noexcept;
+
+/// How the default sink writes a line. A sink set with set_log_sink() is
+/// called the same way in both.
+enum class LogFormat {
+  text,  ///< "<UTC time> <LEVEL> <path>: <message>"
+  json,  ///< one JSON object per line: ts, level, path, event, message, and an event's fields
+};
+/// Chooses the default sink's format; overrides PM_LOG_FORMAT (`json` or
+/// `text`, read once; anything else, or nothing, means text).
+void set_log_format(LogFormat format) noexcept;
+/// The default sink's format now.
+LogFormat log_format() noexcept;
 
 /// Receives a manager's events in the order they happened, one at a time,
 /// never with a library lock held. Events of a nested manager reach its

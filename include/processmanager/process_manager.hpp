@@ -147,6 +147,9 @@ class AbandonedError : public std::runtime_error {
 };
 
 /// The text of an exception: what() for std::exception, else a placeholder.
+/// A system error names its code ("cannot listen: Address already in use
+/// [system:98]"); Boost.System's source location is kept only while debug
+/// logging is on.
 std::string describe(const std::exception_ptr& e);
 /// A failure in words: "failed: <cause>", or "<reason>; last failure: <cause>".
 std::string describe(const Failure& f);

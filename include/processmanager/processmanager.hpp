@@ -5,6 +5,7 @@
 #include <processmanager/control.hpp>
 #include <processmanager/health.hpp>
 #include <processmanager/lifecycle.hpp>
+#include <processmanager/metrics.hpp>
 #include <processmanager/operation.hpp>
 #include <processmanager/process_manager.hpp>
 #include <processmanager/restart_options.hpp>

@@ -20,6 +20,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -141,6 +142,7 @@ struct ChildNode final : ReadinessTarget, std::enable_shared_from_this<ChildNode
   std::uint64_t seq = 0;          // its sequence number in the run (see below)
   std::uint32_t restarts = 0;     // for status
   std::uint32_t consecutive = 0;  // restarts since it last ran reset_after without ending
+  std::uint32_t failures = 0;     // runs that failed (thrown, or a start timeout): for /metrics
   // The run's health books (health_books.hpp): its place in the list of
   // children with a heartbeat_timeout and in that of children that may be
   // nested managers, whether the last look found it stale, and `seq`, its
@@ -350,6 +352,17 @@ class ManagerCore final : public std::enable_shared_from_this<ManagerCore> {
   bool closing = false;
   ChildState self_state = ChildState::stopped;
   sys_clock::time_point self_since{};
+  sys_clock::time_point run_began{};  // when the current (or last) run began: /metrics' start time
+  /// Restarts and failures of children that have left the books, by name,
+  /// so that /metrics' counters never go backwards: a child that comes
+  /// back under the same name (the next run, after this manager itself was
+  /// restarted, or added again) goes on from them. Only children that
+  /// restarted or failed are kept, so a quiet tree keeps none.
+  struct Retired {
+    std::uint64_t restarts = 0;
+    std::uint64_t failures = 0;
+  };
+  std::unordered_map<std::string, Retired> retired;
   std::string self_error;
   // What did not stop in the last run that ended ("inner/db" paths): a
   // parent reads it when this manager, its child, ends without an error.

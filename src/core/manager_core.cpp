@@ -34,10 +34,7 @@ std::shared_ptr<ManagerCore> ManagerCore::flush_queued() {
         continue;
       }
       // A nested manager logged its own events already.
-      if (origin == Origin::own) {
-        const LogLevel level = level_of(ev);
-        if (log_enabled(level)) log(level, ev.path, describe(ev));
-      }
+      if (origin == Origin::own) log_event(ev);
       if (hook) {
         try {
           hook(ev);

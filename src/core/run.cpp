@@ -550,6 +550,7 @@ asio::awaitable<void> run_manager(std::shared_ptr<ManagerCore> core) {
     ++core->runs;
     core->finished = false;
     core->set_self(ChildState::running);
+    core->run_began = core->self_since;
     core->self_error.clear();
     core->ready = false;
     run->timer = &timer;

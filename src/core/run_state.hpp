@@ -144,6 +144,11 @@ class ManagerRun {
     if (n.ready) --ready_count;
     if (n.has_own_deadlines()) --special;
     if (n.stops_last()) --lasts;
+    if (n.restarts != 0 || n.failures != 0) {
+      auto& r = core->retired[n.name];
+      r.restarts += n.restarts;
+      r.failures += n.failures;
+    }
     return std::move(n.keep);
   }
   /// Wakes the run's loop; call with core->mu held.
@@ -558,6 +563,7 @@ class ManagerRun {
     ev.time = now_us();
     ev.cause = e;
     ev.backoff = backoff;
+    ev.restart = n.restarts;
     ev.detail = failed ? "failed" : "ended; permanent";
     core->queue(std::move(ev));
     park(node, sat_add(now, backoff));
@@ -587,6 +593,7 @@ class ManagerRun {
     const bool late = !accepting;
     const bool was_awaited = awaiting == node.get();
     const bool failed = !end.failures.empty();
+    if (failed) ++node->failures;
     if (!late && supervise_end(node, end.error, failed, now, act)) {
       // Kept for a restart, or let go: nothing more to do here.
     } else if (end.timed_out) {
@@ -673,6 +680,7 @@ class ManagerRun {
           std::runtime_error("'" + path + "' did not become ready within " + std::to_string(ms) + " ms"));
       failures.push_back(Failure{path, cause, "start timeout", false});
       n->last_error = cause;
+      ++n->failures;
       set_state(*n, ChildState::failed, cause, "start timeout");
       begin_stop(now, act);
       return;

@@ -60,9 +60,15 @@ ChildStatus peek_self(ManagerCore& core) {
   return out;
 }
 
+std::chrono::system_clock::time_point run_began(ManagerCore& core) {
+  std::lock_guard lock(core.mu);
+  return core.run_began;
+}
+
 Nested peek_children(ManagerCore& core, const std::string& prefix, std::vector<ChildStatus>& out, PeekCursor& cursor,
-                     std::size_t max) {
+                     std::size_t max, std::vector<ChildCounters>* counters) {
   const std::size_t first = out.size();
+  const std::size_t first_counted = counters != nullptr ? counters->size() : 0;
   std::vector<ChildPeek> peeks;
   std::shared_ptr<ChildNode> previous;  // the cursor's old child, let go after the lock (user code may go with it)
   {
@@ -78,6 +84,7 @@ Nested peek_children(ManagerCore& core, const std::string& prefix, std::vector<C
     if (run) {
       const std::size_t expected = std::min(max, run->live);
       out.reserve(first + expected);
+      if (counters != nullptr) counters->reserve(first_counted + expected);
       peeks.reserve(expected);
     }
     for (std::size_t taken = 0; n != nullptr && taken < max; n = n->next, ++taken) {
@@ -89,6 +96,16 @@ Nested peek_children(ManagerCore& core, const std::string& prefix, std::vector<C
       if (n->last_error) c.last_error = describe(n->last_error);
       c.restarts = n->restarts;
       out.push_back(std::move(c));
+      if (counters != nullptr) {
+        ChildCounters k{n->restarts, n->failures, std::nullopt};
+        if (!core.retired.empty()) {
+          if (const auto r = core.retired.find(n->name); r != core.retired.end()) {
+            k.restarts += r->second.restarts;
+            k.failures += r->second.failures;
+          }
+        }
+        counters->push_back(k);
+      }
       ChildPeek p;
       p.handle = n->handle;
       if (n->options) p.heartbeat_timeout = n->options->heartbeat_timeout;
@@ -111,11 +128,16 @@ Nested peek_children(ManagerCore& core, const std::string& prefix, std::vector<C
       auto last = p.run_started;
       if (const auto beat = p.handle->last_heartbeat(); beat && *beat > last) last = *beat;
       c.stale = now - last > *p.heartbeat_timeout;
+      if (counters != nullptr) {
+        (*counters)[first_counted + i].heartbeat_age = std::chrono::duration<double>(now - last).count();
+      }
     }
     const ProcessControlHandler& handle = *p.handle;
     if (typeid(handle) == typeid(GuardState)) continue;  // the common case: a leaf
     if (const auto* sup = dynamic_cast<const Supervising*>(p.handle.get())) {
-      c.restarts += sup->supervised_restarts();
+      const std::size_t supervised = sup->supervised_restarts();
+      c.restarts += supervised;
+      if (counters != nullptr) (*counters)[first_counted + i].restarts += supervised;
     }
     if (auto inner = nested_core(p.handle)) nested.emplace_back(first + i, std::move(inner));
   }

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -37,13 +38,31 @@ struct PeekCursor {
 /// A nested manager found among the children read: its index in `out`.
 using Nested = std::vector<std::pair<std::size_t, std::shared_ptr<ManagerCore>>>;
 
+/// What /metrics counts of a child beside its status: totals that survive
+/// its restarts, and those of its manager.
+struct ChildCounters {
+  /// Its restarts and failures, those of its earlier lives under the same
+  /// name in this manager included (ManagerCore::retired), and a
+  /// supervisor's restarts of its service.
+  std::uint64_t restarts = 0;
+  std::uint64_t failures = 0;
+  /// Seconds since its last heartbeat (or its start), for a running child
+  /// with a heartbeat_timeout.
+  std::optional<double> heartbeat_age;
+};
+
 /// Appends the next children of `core` (at most `max`, in insertion order),
 /// as status() shows them, with their paths under `prefix` ("root/db/"),
 /// and returns the nested managers among them. One lock of the manager's;
 /// handles (heartbeats, supervisors) are read after it. Sets
 /// `cursor.done` once every child has been read.
+/// With `counters`, appends theirs there too, one per child.
 Nested peek_children(ManagerCore& core, const std::string& prefix, std::vector<ChildStatus>& out, PeekCursor& cursor,
-                     std::size_t max = std::numeric_limits<std::size_t>::max());
+                     std::size_t max = std::numeric_limits<std::size_t>::max(),
+                     std::vector<ChildCounters>* counters = nullptr);
+
+/// When the manager's current (or last) run began; the epoch if none has.
+std::chrono::system_clock::time_point run_began(ManagerCore& core);
 
 /// The manager itself as status() shows it, without its children.
 ChildStatus peek_self(ManagerCore& core);
