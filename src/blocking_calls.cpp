@@ -70,11 +70,20 @@ T block_on(asio::awaitable<T> a) {
 
 void ProcessManager::refuse_on_own_executor(const char* call) const {
   std::optional<asio::any_io_executor> ex;
+  std::shared_ptr<const detail::ShardRing> shards;
   {
     std::lock_guard lock(core_->mu);
-    if (auto run = core_->current.lock()) ex.emplace(run->base);
+    if (auto run = core_->current.lock()) {
+      ex.emplace(run->base);
+      shards = run->shards;
+    }
   }
-  if (ex && runs_here(*ex)) {
+  // Sharded, every shard's thread runs some of what it waits for.
+  bool here = ex && runs_here(*ex);
+  if (shards) {
+    for (const auto& shard : shards->shards) here = here || shard.running_in_this_thread();
+  }
+  if (here) {
     throw std::logic_error(std::string("ProcessManager '")
                                .append(core_->name)
                                .append("': ")

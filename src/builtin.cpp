@@ -386,6 +386,7 @@ struct RestartSupervisor::State final : ProcessControlHandler,
     return child_handle;
   }
   std::size_t supervised_restarts() const noexcept override { return restarts.load(); }
+  std::size_t supervised_failures() const noexcept override { return failures.load(); }
   std::shared_ptr<Runnable> supervised_runnable() const override { return supervised.lock(); }
 
   // From the child's handle, relayed upwards (never under our lock).
@@ -448,6 +449,7 @@ struct RestartSupervisor::State final : ProcessControlHandler,
   std::weak_ptr<detail::ReadinessTarget> watcher;       // under mu
   std::function<void(bool)> watcher_fn;                 // under mu
   std::atomic<std::size_t> restarts{0};
+  std::atomic<std::size_t> failures{0};  // runs that threw and were restarted
   std::atomic<std::int64_t> last_backoff_ns{0};
   EventHook hook;                        // under mu
   std::weak_ptr<Runnable> supervised{};  // set once, before the handle is shared
@@ -569,6 +571,7 @@ asio::awaitable<void> RestartSupervisor::process_start() {
     ++attempt;
     const auto backoff = backoff_delay(opts.backoff, attempt);
     const auto restart = static_cast<std::uint32_t>(state->restarts.fetch_add(1) + 1);
+    if (error) state->failures.fetch_add(1);
     state->last_backoff_ns.store(backoff.count());
     {
       Event ev;

@@ -92,6 +92,24 @@ class Registration {
 
 /// How long a slice of the /status document may hold the executor.
 
+/// Lets go of a document; its last holder (every holder is on the
+/// server's executor) frees it a few megabytes at a time, giving the
+/// executor back in between: the 70 MB of /metrics at 100,000 services
+/// freed at once hold it for about 9 ms (their pages are unmapped).
+asio::awaitable<void> release_document(Document doc) {
+  if (!doc || doc.use_count() > 1) co_return;
+  const auto ex = co_await asio::this_coro::executor;
+  std::size_t freed = 0;
+  for (auto& part : *doc) {
+    freed += part.size();
+    std::string().swap(part);
+    if (freed >= std::size_t{2} * 1024 * 1024) {
+      freed = 0;
+      co_await asio::post(ex, asio::use_awaitable);
+    }
+  }
+}
+
 /// One connection: requests answered in turn until the client closes, is
 /// too slow, sends something unacceptable, is evicted, or the server stops.
 asio::awaitable<void> session(std::shared_ptr<State> s, Registration registration, bool overloaded) {
@@ -183,7 +201,7 @@ asio::awaitable<void> session(std::shared_ptr<State> s, Registration registratio
       if (s->closing || conn->evicted) co_return;
     } else if (DocumentQueue* q = s->document_for(req)) {
       auto waiting = detail::health_document(s, q, conn);  // a named local: see "GCC 12" in the README
-      const Document doc = co_await std::move(waiting);
+      Document doc = co_await std::move(waiting);
       if (s->closing || conn->evicted) co_return;
       if (doc) {
         // The header, then the document itself: shared by every request
@@ -207,6 +225,8 @@ asio::awaitable<void> session(std::shared_ptr<State> s, Registration registratio
           (void)bn;
           wec = bec;
         }
+        auto releasing = release_document(std::move(doc));  // a named local: see "GCC 12" in the README
+        co_await std::move(releasing);
         if (wec || close) break;
         continue;
       }

@@ -14,6 +14,14 @@ namespace {
 
 using State = HealthState;
 
+/// A timeout in words: "300 ms", or finer when it is below a millisecond.
+std::string words(std::chrono::nanoseconds d) {
+  using namespace std::chrono;
+  if (d >= milliseconds(1)) return std::to_string(duration_cast<milliseconds>(d).count()) + " ms";
+  if (d >= microseconds(1)) return std::to_string(duration_cast<microseconds>(d).count()) + " us";
+  return std::to_string(d.count()) + " ns";
+}
+
 /// One run of check `i`; a check function that throws before its
 /// coroutine begins fails like one that throws within it.
 asio::awaitable<HealthCheckResult> run_check(std::shared_ptr<State> s, std::size_t i) {
@@ -73,8 +81,7 @@ asio::awaitable<HealthCheckResult> check_result(std::shared_ptr<State> s, std::s
     r.cancelled = true;
     r.cancel.emit(asio::cancellation_type::terminal);
   }
-  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(check.timeout).count();
-  co_return HealthCheckResult::unhealthy("timed out after " + std::to_string(ms) + " ms");
+  co_return HealthCheckResult::unhealthy("timed out after " + words(check.timeout));
 }
 
 /// Whether the query string holds `key` as a parameter ("verbose",
@@ -89,6 +96,21 @@ bool has_param(std::string_view query, std::string_view key) {
     query.remove_prefix(amp + 1);
   }
   return false;
+}
+
+/// A check's reason on one line: a line break in it must not forge lines
+/// of the verbose answer ("[+]db ok").
+std::string one_line(std::string reason) {
+  std::replace_if(
+      reason.begin(), reason.end(), [](char c) { return c == '\n' || c == '\r'; }, ' ');
+  return reason;
+}
+
+/// A route's handler, called where it runs.
+asio::awaitable<HealthResponse> run_route(std::shared_ptr<HealthState> s, const HealthRoute* route, HealthRequest in) {
+  (void)s;  // held for the handler's sake: the route lives in the server's options
+  auto handling = route->handler(std::move(in));  // a named local: see "GCC 12" in the README
+  co_return co_await std::move(handling);
 }
 
 /// A plain function as a check's coroutine.
@@ -122,13 +144,13 @@ asio::awaitable<Response> health_probe(std::shared_ptr<HealthState> s, Response 
   if (verbose) {
     std::string tree_text = tree.body();
     while (!tree_text.empty() && tree_text.back() == '\n') tree_text.pop_back();
-    body.append(tree_ok ? "[+]tree ok\n" : "[-]tree failed: " + tree_text + "\n");
+    body.append(tree_ok ? "[+]tree ok\n" : "[-]tree failed: " + one_line(tree_text) + "\n");
     for (std::size_t k = 0; k < mine.size(); ++k) {
       const auto& name = s->options.checks[mine[k]].name;
       if (results[k].ok) {
         body.append("[+]").append(name).append(" ok\n");
       } else {
-        body.append("[-]").append(name).append(" failed: ").append(results[k].reason).append("\n");
+        body.append("[-]").append(name).append(" failed: ").append(one_line(results[k].reason)).append("\n");
       }
     }
     body.append(probe_name).append(ok ? " check passed\n" : " check failed\n");
@@ -138,7 +160,7 @@ asio::awaitable<Response> health_probe(std::shared_ptr<HealthState> s, Response 
     for (std::size_t k = 0; k < mine.size(); ++k) {
       if (results[k].ok) continue;
       body.append("check '").append(s->options.checks[mine[k]].name).append("' failed: ");
-      body.append(results[k].reason).append("\n");
+      body.append(one_line(results[k].reason)).append("\n");
     }
   }
   co_return text(ok ? http::status::ok : http::status::service_unavailable, std::move(body), version);
@@ -151,18 +173,48 @@ asio::awaitable<Response> health_route(std::shared_ptr<HealthState> s, const Hea
   in.path = std::string(State::path_of(req));
   if (in.path.size() < in.target.size()) in.query = in.target.substr(in.path.size() + 1);
   in.body = req.body();
-  std::optional<HealthResponse> out;
-  std::string error;
-  try {
-    auto handling = route.handler(std::move(in));  // a named local: see "GCC 12" in the README
-    out = co_await std::move(handling);
-  } catch (const std::exception& e) {
-    error = e.what();
-  } catch (...) {
-    error = "an exception not derived from std::exception";
+  // The handler runs as a coroutine of its own, which this session waits
+  // for: a handler that never returns must not keep the session (and so
+  // the server's stop) waiting once the server stops.
+  const auto ex = co_await asio::this_coro::executor;
+  auto call = std::make_shared<RouteCall>();
+  asio::steady_timer wake(ex, asio::steady_timer::time_point::max());
+  call->wake = &wake;
+  s->route_calls.push_back(call.get());
+  struct Unlist {
+    HealthState& s;
+    RouteCall& call;
+    ~Unlist() {
+      call.wake = nullptr;
+      s.route_calls.erase(std::remove(s.route_calls.begin(), s.route_calls.end(), &call), s.route_calls.end());
+    }
+  } unlist{*s, *call};
+  asio::co_spawn(
+      ex, run_route(s, &route, std::move(in)),
+      asio::bind_cancellation_slot(call->cancel.slot(), [call](const std::exception_ptr& e, HealthResponse out) {
+        if (e) {
+          call->error = describe(e);
+        } else {
+          call->out = std::move(out);
+        }
+        call->done = true;
+        if (call->wake != nullptr) call->wake->cancel();
+      }));
+  if (!call->done && !s->closing) {
+    auto [ec] = co_await wake.async_wait(tuple_token);
+    (void)ec;  // cancelled: the handler answered, or the server stops
   }
-  if (out && (out->status < 100 || out->status > 599)) {
-    error = "it answered with status " + std::to_string(out->status);
+  if (!call->done) co_return text(http::status::service_unavailable, "stopping\n", req.version());
+  std::string error = std::move(call->error);
+  std::optional<HealthResponse>& out = call->out;
+  if (error.empty() && (out->status < 200 || out->status > 599)) {
+    error = "it answered with status " + std::to_string(out->status) + " (a final status is 200 to 599)";
+  }
+  if (error.empty() && std::any_of(out->content_type.begin(), out->content_type.end(), [](char c) {
+        const auto u = static_cast<unsigned char>(c);
+        return (u < 0x20 && c != '\t') || u == 0x7f;
+      })) {
+    error = "its content type holds a control character";
   }
   if (!error.empty()) {
     log_line(LogLevel::warn, s->name, "route " + route.path + " failed: " + error);
@@ -172,7 +224,9 @@ asio::awaitable<Response> health_route(std::shared_ptr<HealthState> s, const Hea
   Response res{static_cast<http::status>(out->status), req.version()};
   res.set(http::field::content_type, out->content_type);
   res.set(http::field::cache_control, "no-store");
-  res.body() = std::move(out->body);
+  // 204 and 304 carry no body (the client would read the next answer's
+  // bytes as this one's).
+  if (out->status != 204 && out->status != 304) res.body() = std::move(out->body);
   co_return res;
 }
 

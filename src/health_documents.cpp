@@ -23,7 +23,10 @@ class DocumentBuilder {
       // megabytes by doubling copies it whole, in one slice.
       text_.reserve(s.status.size + s.status.size / 8);
     } else {
-      metrics_.emplace(std::move(core), s.floors);
+      // Room for every service at once: health() counts them at one lock
+      // per manager.
+      const std::size_t services = summarize(core).services;
+      metrics_.emplace(std::move(core), s.floors, services);
     }
   }
   /// Builds on for about `budget`; true once the document is whole.
@@ -84,7 +87,7 @@ asio::awaitable<void> build_documents(std::shared_ptr<State> s, DocumentQueue* q
           co_await asio::post(ex, asio::use_awaitable);  // what else is queued runs first
           if (s->closing) co_return;                     // the waiters were woken by close_all()
         }
-        document = std::make_shared<const std::vector<std::string>>(builder.take());
+        document = std::make_shared<std::vector<std::string>>(builder.take());
       }
     } catch (const std::exception& e) {
       log_line(LogLevel::warn, s->name, std::string("building a document failed: ").append(e.what()));

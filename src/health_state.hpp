@@ -32,7 +32,9 @@ inline constexpr auto tuple_token = asio::as_tuple(asio::use_awaitable);
 using Response = http::response<http::string_body>;
 using Request = http::request<http::string_body>;
 /// A document built in slices (/status, /metrics): its parts, sent in order.
-using Document = std::shared_ptr<const std::vector<std::string>>;
+/// Read only once built; not const so that its last holder can free it
+/// a few parts at a time (release_document()).
+using Document = std::shared_ptr<std::vector<std::string>>;
 
 inline Response text(http::status status, std::string body, unsigned version) {
   Response res{status, version};
@@ -90,6 +92,15 @@ struct CheckRun {
   asio::cancellation_signal cancel;
 };
 
+/// A route handler's call under way: its answer, and the session waiting.
+struct RouteCall {
+  std::optional<HealthResponse> out;
+  std::string error;  // what the handler threw
+  bool done = false;
+  asio::steady_timer* wake = nullptr;  // the waiting session's; null once it stopped waiting
+  asio::cancellation_signal cancel;
+};
+
 struct HealthState {
   std::weak_ptr<ProcessManager> tree;
   HealthOptions options;
@@ -105,6 +116,7 @@ struct HealthState {
   DocumentQueue metrics{DocumentQueue::Kind::metrics, {}, {}, false, 0};
   CounterFloors floors;                           // /metrics' counters, kept monotonic
   std::vector<std::unique_ptr<CheckRun>> checks;  // beside options.checks
+  std::vector<RouteCall*> route_calls;            // handlers under way
 
   HealthState(const std::shared_ptr<ProcessManager>& t, HealthOptions o, std::string n)
       : tree(t), options(std::move(o)), name(std::move(n)), guard(name) {
@@ -145,6 +157,10 @@ struct HealthState {
     for (auto* q : {&status, &metrics}) {
       for (auto* w : q->waiting) w->wake->cancel();
       for (auto* w : q->serving) w->wake->cancel();
+    }
+    for (auto* c : route_calls) {
+      if (c->wake != nullptr) c->wake->cancel();
+      c->cancel.emit(asio::cancellation_type::terminal);
     }
     for (auto& r : checks) {
       for (auto* w : r->waiters) w->cancel();

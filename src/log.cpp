@@ -1,8 +1,10 @@
 #include "log.hpp"
 
+#include <poll.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -12,6 +14,8 @@
 #include <string>
 
 #include <processmanager/process_manager.hpp>
+
+#include "utf8.hpp"
 
 namespace pm {
 
@@ -54,10 +58,32 @@ void append_stamp(std::string& line, std::chrono::system_clock::time_point now) 
   line += frac;
 }
 
+/// Held while a line is written: one write(2) is atomic on a pipe only
+/// below PIPE_BUF (4 KiB), and a longer line (a JSON event with a long
+/// cause) from two threads at once would interleave.
+std::mutex write_mu;
+
 void write_line(const std::string& line) noexcept {
-  // One write(2) per line: atomic for lines below PIPE_BUF, and no stdio lock.
-  const ssize_t ignored = ::write(STDERR_FILENO, line.data(), line.size());
-  (void)ignored;
+  std::lock_guard lock(write_mu);
+  // All of it, whatever write(2) takes at a time: a short write (a signal,
+  // a full non-blocking pipe) must not cut a line and glue the next to it.
+  std::size_t done = 0;
+  for (int stalls = 0; done < line.size() && stalls < 500;) {
+    const ssize_t n = ::write(STDERR_FILENO, line.data() + done, line.size() - done);
+    if (n > 0) {
+      done += static_cast<std::size_t>(n);
+    } else if (n < 0 && errno == EINTR) {
+      continue;
+    } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      // A non-blocking stderr that is full: wait until it drains, for up to
+      // 5 s; a reader gone for longer loses the rest of the line.
+      pollfd p{STDERR_FILENO, POLLOUT, 0};
+      (void)::poll(&p, 1, 10);
+      ++stalls;
+    } else {
+      return;  // closed, or an error: the line is lost, the program goes on
+    }
+  }
 }
 
 void write_stderr(LogLevel level, std::string_view path, std::string_view message) {
@@ -73,35 +99,6 @@ void write_stderr(LogLevel level, std::string_view path, std::string_view messag
   write_line(line);
 }
 
-/// The length of the well-formed UTF-8 sequence that starts at s[i], or 0
-/// when there is none (a stray continuation byte, an overlong form, a
-/// surrogate, a code point above U+10FFFF, or a cut-off sequence).
-std::size_t utf8_length(std::string_view s, std::size_t i) noexcept {
-  const auto at = [s](std::size_t k) { return static_cast<unsigned char>(s[k]); };
-  const unsigned char c = at(i);
-  std::size_t n = 0;
-  unsigned char lo = 0x80;
-  unsigned char hi = 0xBF;
-  if (c >= 0xC2 && c <= 0xDF) {
-    n = 2;
-  } else if (c >= 0xE0 && c <= 0xEF) {
-    n = 3;
-    if (c == 0xE0) lo = 0xA0;
-    if (c == 0xED) hi = 0x9F;
-  } else if (c >= 0xF0 && c <= 0xF4) {
-    n = 4;
-    if (c == 0xF0) lo = 0x90;
-    if (c == 0xF4) hi = 0x8F;
-  } else {
-    return 0;
-  }
-  if (s.size() - i < n || at(i + 1) < lo || at(i + 1) > hi) return 0;
-  for (std::size_t k = 2; k < n; ++k) {
-    if ((at(i + k) & 0xC0) != 0x80) return 0;
-  }
-  return n;
-}
-
 /// Appends `s` as a JSON string. Paths and messages come from users and
 /// from what() of any exception: a byte that is not UTF-8 becomes U+FFFD so
 /// that a collector never drops the line as invalid JSON.
@@ -110,7 +107,7 @@ void append_json_string(std::string& out, std::string_view s) {
   for (std::size_t i = 0; i < s.size();) {
     const auto c = static_cast<unsigned char>(s[i]);
     if (c >= 0x80) {
-      const std::size_t n = utf8_length(s, i);
+      const std::size_t n = detail::utf8_length(s, i);
       if (n == 0) {
         out += "\xEF\xBF\xBD";
         ++i;

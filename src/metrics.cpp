@@ -7,6 +7,7 @@
 #include <stdexcept>
 
 #include "metrics_text.hpp"
+#include "utf8.hpp"
 
 namespace pm {
 
@@ -26,8 +27,19 @@ bool valid_name(std::string_view name, bool colon) {
 }
 
 void append_escaped(std::string& out, std::string_view text, bool quote) {
-  for (const char c : text) {
-    if (c == '\\') {
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (static_cast<unsigned char>(c) >= 0x80) {
+      // The format is UTF-8: a byte that is not part of it would make a
+      // parser refuse the whole document, so it becomes U+FFFD.
+      const std::size_t n = detail::utf8_length(text, i);
+      if (n == 0) {
+        out += "\xEF\xBF\xBD";
+      } else {
+        out.append(text.substr(i, n));
+        i += n - 1;
+      }
+    } else if (c == '\\') {
       out += "\\\\";
     } else if (c == '\n') {
       out += "\\n";
@@ -63,19 +75,53 @@ std::string escape_label_value(std::string_view value) {
   return out;
 }
 
-void MetricsWriter::family(std::string_view name, std::string_view type, std::string_view help) {
+MetricsWriter::MetricsWriter(std::string& out, const std::vector<std::string>& written) : out_(&out) {
+  for (const auto& name : written) declare(name, "");
+  current_.clear();
+}
+
+void MetricsWriter::declare(std::string_view name, std::string_view type) {
   if (!valid_name(name, true)) {
     throw std::invalid_argument("MetricsWriter: '" + std::string(name) + "' is not a metric name");
   }
   static constexpr std::array<std::string_view, 5> types{"counter", "gauge", "histogram", "summary", "untyped"};
-  if (std::find(types.begin(), types.end(), type) == types.end()) {
+  if (!type.empty() && std::find(types.begin(), types.end(), type) == types.end()) {
     throw std::invalid_argument("MetricsWriter: family '" + std::string(name) + "' has no such type: '" +
                                 std::string(type) + "'");
   }
-  if (std::find(families_.begin(), families_.end(), name) != families_.end()) {
-    throw std::invalid_argument("MetricsWriter: family '" + std::string(name) + "' was written already");
+  // The sample names the family may use; parsers read a sample by its name
+  // (and a counter's family without `_total`), so no two families may
+  // share one. An unknown type (a family written already) takes them all.
+  std::vector<std::string> mine{std::string(name)};
+  auto with = [&](std::string_view base, std::initializer_list<std::string_view> suffixes) {
+    for (const auto suffix : suffixes) mine.push_back(std::string(base).append(suffix));
+  };
+  const bool any = type.empty();
+  if (any || type == "counter") {
+    with(name, {"_total", "_created"});
+    constexpr std::string_view total = "_total";
+    if (name.size() > total.size() && name.substr(name.size() - total.size()) == total) {
+      const std::string_view base = name.substr(0, name.size() - total.size());
+      mine.emplace_back(base);
+      with(base, {"_created"});
+    }
+  }
+  if (any || type == "histogram") with(name, {"_bucket", "_sum", "_count", "_created"});
+  if (any || type == "summary") with(name, {"_sum", "_count", "_created"});
+  for (const auto& n : mine) {
+    if (std::find(names_.begin(), names_.end(), n) != names_.end()) {
+      throw std::invalid_argument("MetricsWriter: family '" + std::string(name) +
+                                  "' clashes with one written already (" + n + ")");
+    }
   }
   families_.emplace_back(name);
+  names_.insert(names_.end(), mine.begin(), mine.end());
+  current_ = std::move(mine);
+}
+
+void MetricsWriter::family(std::string_view name, std::string_view type, std::string_view help) {
+  if (type.empty()) throw std::invalid_argument("MetricsWriter: family '" + std::string(name) + "' needs a type");
+  declare(name, type);
   std::string& out = *out_;
   out.append("# HELP ").append(name).append(" ");
   append_escaped(out, help, false);
@@ -83,9 +129,7 @@ void MetricsWriter::family(std::string_view name, std::string_view type, std::st
 }
 
 void MetricsWriter::sample(std::string_view name, const std::vector<MetricLabel>& labels, double value) {
-  const bool of_family = !families_.empty() && name.substr(0, families_.back().size()) == families_.back() &&
-                         (name.size() == families_.back().size() || name[families_.back().size()] == '_');
-  if (!of_family || !valid_name(name, true)) {
+  if (std::find(current_.begin(), current_.end(), name) == current_.end()) {
     throw std::invalid_argument("MetricsWriter: sample '" + std::string(name) + "' is not of the family begun last (" +
                                 (families_.empty() ? std::string("none") : families_.back()) + ")");
   }
@@ -120,21 +164,42 @@ void MetricsWriter::sample(std::string_view name, const std::vector<MetricLabel>
 }
 
 void MetricsWriter::raw(std::string_view text) {
-  std::vector<std::string> found;
+  // Checked whole on a copy of the books first: a refusal appends nothing.
+  MetricsWriter check(*out_);
+  check.families_ = families_;
+  check.names_ = names_;
+  std::vector<std::string> declared;  // sample names of the families the text declares
   for (std::size_t at = 0; at < text.size();) {
     const auto end = std::min(text.find('\n', at), text.size());
-    const std::string_view line = text.substr(at, end - at);
+    std::string_view line = text.substr(at, end - at);
     at = end + 1;
-    if (line.substr(0, 7) != "# TYPE ") continue;
-    const std::string_view rest = line.substr(7);
-    const std::string name(rest.substr(0, rest.find(' ')));
-    if (std::find(families_.begin(), families_.end(), name) != families_.end() ||
-        std::find(found.begin(), found.end(), name) != found.end()) {
-      throw std::invalid_argument("MetricsWriter: family '" + name + "' was written already");
+    auto token = [&line] {
+      const auto from = line.find_first_not_of(" \t\r");
+      if (from == std::string_view::npos) return line = {}, std::string_view{};
+      line.remove_prefix(from);
+      const auto to = std::min(line.find_first_of(" \t\r{"), line.size());
+      const std::string_view t = line.substr(0, to);
+      line.remove_prefix(to);
+      return t;
+    };
+    if (line.find_first_not_of(" \t\r") == std::string_view::npos) continue;
+    if (line.front() == '#') {
+      line.remove_prefix(1);
+      if (token() != "TYPE") continue;  // HELP, or a comment
+      const std::string_view name = token();
+      check.declare(name, token());
+      declared.insert(declared.end(), check.current_.begin(), check.current_.end());
+      continue;
     }
-    found.push_back(name);
+    const std::string_view name = token();
+    if (std::find(declared.begin(), declared.end(), name) == declared.end()) {
+      throw std::invalid_argument("MetricsWriter: raw sample '" + std::string(name) +
+                                  "' is of no family the text declares");
+    }
   }
-  families_.insert(families_.end(), found.begin(), found.end());
+  families_ = std::move(check.families_);
+  names_ = std::move(check.names_);
+  current_.clear();  // samples go after their family's lines: the text's last family is closed
   out_->append(text);
   if (!text.empty() && text.back() != '\n') *out_ += '\n';
 }

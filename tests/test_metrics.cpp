@@ -207,6 +207,9 @@ TEST(Metrics, a_real_parser_reads_every_sample_even_of_names_that_need_escaping)
   Probed health(manager, options);
   manager->insert(weird);
   manager->insert(inner);
+  // Siblings of one name: no series may repeat.
+  manager->insert(std::make_shared<Probe>("twin", j));
+  manager->insert(std::make_shared<Probe>("twin", j));
   Running run(manager);
   const auto port = health.port();
   ASSERT_NE(port, 0);
@@ -221,6 +224,16 @@ TEST(Metrics, a_real_parser_reads_every_sample_even_of_names_that_need_escaping)
   EXPECT_NE(parsed.find("gauge processmanager_child_ready [('path', 'app/inner/w')] 1.0"), std::string::npos) << parsed;
   EXPECT_NE(parsed.find("counter processmanager_child_restarts_total [('path', 'app/inner')] 0.0"), std::string::npos)
       << parsed;
+  EXPECT_NE(parsed.find("gauge processmanager_child_ready [('path', 'app/twin')] 1.0"), std::string::npos) << parsed;
+  EXPECT_NE(parsed.find("gauge processmanager_child_ready [('path', 'app/twin#2')] 1.0"), std::string::npos) << parsed;
+  // No series twice (the parser itself accepts repeats; a scraper does not).
+  std::set<std::string> series;
+  for (std::size_t at = 0; at < parsed.size();) {
+    const auto end = parsed.find('\n', at);
+    const std::string line = parsed.substr(at, end - at);
+    EXPECT_TRUE(series.insert(line.substr(0, line.rfind(' '))).second) << "repeated: " << line;
+    at = end == std::string::npos ? parsed.size() : end + 1;
+  }
   EXPECT_NE(parsed.find("gauge orders_queue_depth [('queue', 'in\"bound')] 7.0"), std::string::npos) << parsed;
   EXPECT_NE(parsed.find("gauge orders_queue_depth [('queue', 'out')] nan"), std::string::npos) << parsed;
   EXPECT_NE(parsed.find("counter orders_total [] 1e+21"), std::string::npos) << parsed;

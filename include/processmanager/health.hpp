@@ -67,7 +67,9 @@ struct HealthRequest {
 
 /// The answer of a route of the user's own.
 struct HealthResponse {
-  unsigned status = 200;                                   ///< an HTTP status code, 100 to 599
+  /// An HTTP status code, 200 to 599 (a 1xx is refused: 500); 204 and 304
+  /// are sent without a body.
+  unsigned status = 200;
   std::string content_type = "text/plain; charset=utf-8";  ///< the Content-Type header
   std::string body{};                                      ///< sent as it is (not for HEAD)
 };
@@ -75,9 +77,11 @@ struct HealthResponse {
 /// A route of the user's own on a HealthServer (a service's `/debug`
 /// page, say): every method on exactly `path` goes to `handler`, on the
 /// server's executor. A handler that throws gets its client a 500 naming
-/// the route and the error. A HEAD request gets the handler's answer
-/// without the body. The handler's time counts against the request's
-/// request_timeout only in that a slow client is still cut off.
+/// the route and the error (so does a content type with a control
+/// character, or a status outside 200 to 599). A HEAD request gets the
+/// handler's answer without the body. The handler runs as a coroutine of
+/// its own: when the server stops, it is sent terminal cancellation and its
+/// client's connection is closed, so it never holds up the tree's stop.
 struct HealthRoute {
   std::string path;  ///< begins with '/'; not one of the server's own paths
   std::function<asio::awaitable<HealthResponse>(HealthRequest)> handler;  ///< answers it

@@ -4,7 +4,6 @@
 
 #include <string>
 #include <string_view>
-#include <utility>
 #include <vector>
 
 namespace pm {
@@ -26,35 +25,44 @@ class MetricsWriter {
  public:
   /// Appends to `out`, which must outlive the writer.
   explicit MetricsWriter(std::string& out) : out_(&out) {}
-  /// The same, for a document that holds the families `written` already
-  /// (they are refused as new ones).
-  MetricsWriter(std::string& out, std::vector<std::string> written) : out_(&out), families_(std::move(written)) {}
+  /// The same, for a document that holds the families `written` already:
+  /// they, and every sample name a family of theirs may use, are refused.
+  MetricsWriter(std::string& out, const std::vector<std::string>& written);
 
   /// Begins a family: `name` matches [a-zA-Z_:][a-zA-Z0-9_:]*, `type` is
   /// one of counter, gauge, histogram, summary, untyped; `help` is any
   /// text (escaped). A family name already begun in this document is
   /// refused: two groups of one family are not valid.
   void family(std::string_view name, std::string_view type, std::string_view help);
-  /// A sample of the family begun last. `name` is the family's name or it
-  /// followed by a suffix of the type (`_total`, `_bucket`, `_sum`,
-  /// `_count`, `_created`...); a sample of no family, or of another one, is
-  /// refused. NaN and infinities are written as the format spells them.
+  /// A sample of the family begun last. `name` is the family's name, or
+  /// it followed by a suffix its type allows (counter: `_total`,
+  /// `_created`; histogram: `_bucket`, `_sum`, `_count`, `_created`;
+  /// summary: `_sum`, `_count`, `_created`); anything else is refused, as
+  /// is a family whose sample names could be read as another family's.
+  /// NaN and infinities are written as the format spells them; label
+  /// values and help texts that are not UTF-8 get U+FFFD for each bad byte.
   void sample(std::string_view name, const std::vector<MetricLabel>& labels, double value);
   /// A sample without labels.
   void sample(std::string_view name, double value) { sample(name, {}, value); }
 
   /// Appends families written elsewhere (another metrics library's text
   /// serializer), as they are; a missing last line feed is added. Each
-  /// `# TYPE` line in it begins a family as family() does: one already in
-  /// the document is refused, and nothing is appended.
+  /// `# TYPE` line in it (any whitespace) begins a family as family()
+  /// does, and every sample in it must belong to a family it declares: a
+  /// clash or a stray sample is refused, and nothing is appended.
   void raw(std::string_view text);
 
   /// The families begun so far, in order.
   const std::vector<std::string>& families() const noexcept { return families_; }
 
  private:
+  /// Begins a family in the books (not in the text): what family() checks.
+  void declare(std::string_view name, std::string_view type);
+
   std::string* out_;
   std::vector<std::string> families_;
+  std::vector<std::string> names_;    // every sample name a family begun may use
+  std::vector<std::string> current_;  // those of the family begun last
 };
 
 /// `value` escaped as a label value of the text format: backslash, double

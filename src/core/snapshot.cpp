@@ -137,7 +137,10 @@ Nested peek_children(ManagerCore& core, const std::string& prefix, std::vector<C
     if (const auto* sup = dynamic_cast<const Supervising*>(p.handle.get())) {
       const std::size_t supervised = sup->supervised_restarts();
       c.restarts += supervised;
-      if (counters != nullptr) (*counters)[first_counted + i].restarts += supervised;
+      if (counters != nullptr) {
+        (*counters)[first_counted + i].restarts += supervised;
+        (*counters)[first_counted + i].failures += sup->supervised_failures();
+      }
     }
     if (auto inner = nested_core(p.handle)) nested.emplace_back(first + i, std::move(inner));
   }

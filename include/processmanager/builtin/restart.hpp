@@ -36,7 +36,8 @@ class RestartSupervisor : public Runnable {
   std::chrono::nanoseconds last_backoff() const noexcept;
   /// Hears this supervisor's restarts and its give-up as a manager's
   /// on_event() hook would: an EventKind::restart event (path: its name;
-  /// `cause`: the failure, null after a normal end; `backoff`; `detail`:
+  /// `cause`: the failure, null after a normal end; `backoff`; `restart`:
+  /// its number, from 1; `detail`:
   /// "failed" or "ended; permanent") before each backoff wait (restarts()
   /// already counts it), and an EventKind::give_up
   /// event (`cause`, `detail`: the reason) before process_start() throws.

@@ -110,6 +110,9 @@ class Supervising {
   virtual std::shared_ptr<ProcessControlHandler> supervised_handle() const = 0;
   /// Restarts made so far.
   virtual std::size_t supervised_restarts() const noexcept = 0;
+  /// Runs that failed and were restarted (a failure it gives up on, or
+  /// passes on, is its own manager's to count).
+  virtual std::size_t supervised_failures() const noexcept { return 0; }
   /// The supervised runnable (for good, not only during a run), or null
   /// once it is gone: what inserting the supervisor looks through, so that
   /// a manager inside belongs to one tree.
