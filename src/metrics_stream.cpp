@@ -102,6 +102,7 @@ MetricsStream::MetricsStream(std::shared_ptr<ManagerCore> root, CounterFloors& f
 
 std::vector<std::string> MetricsStream::family_names() {
   std::vector<std::string> out;
+  out.reserve(families.size());
   for (const auto& f : families) out.emplace_back(f.name);
   return out;
 }
