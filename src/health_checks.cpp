@@ -81,7 +81,7 @@ asio::awaitable<HealthCheckResult> check_result(std::shared_ptr<State> s, std::s
     r.cancelled = true;
     r.cancel.emit(asio::cancellation_type::terminal);
   }
-  co_return HealthCheckResult::unhealthy("timed out after " + words(check.timeout));
+  co_return HealthCheckResult::unhealthy(std::string("timed out after ").append(words(check.timeout)));
 }
 
 /// Whether the query string holds `key` as a parameter ("verbose",
@@ -208,7 +208,8 @@ asio::awaitable<Response> health_route(std::shared_ptr<HealthState> s, const Hea
   std::string error = std::move(call->error);
   std::optional<HealthResponse>& out = call->out;
   if (error.empty() && (out->status < 200 || out->status > 599)) {
-    error = "it answered with status " + std::to_string(out->status) + " (a final status is 200 to 599)";
+    error =
+        std::string("it answered with status ").append(std::to_string(out->status)) + " (a final status is 200 to 599)";
   }
   if (error.empty() && std::any_of(out->content_type.begin(), out->content_type.end(), [](char c) {
         const auto u = static_cast<unsigned char>(c);
@@ -234,7 +235,7 @@ void validate_health_extras(const HealthOptions& options, const std::string& nam
   const std::string who = "HealthServer '" + name + "': ";
   for (std::size_t i = 0; i < options.checks.size(); ++i) {
     const HealthCheck& c = options.checks[i];
-    const std::string which = "check " + std::to_string(i) + " ('" + c.name + "')";
+    const std::string which = std::string("check ").append(std::to_string(i)) + " ('" + c.name + "')";
     if (c.name.empty()) throw std::invalid_argument(who + which + " has no name");
     if (std::any_of(c.name.begin(), c.name.end(), [](char ch) { return static_cast<unsigned char>(ch) < 0x20; })) {
       throw std::invalid_argument(who + which + ": a name must not hold control characters");

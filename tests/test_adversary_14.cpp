@@ -62,10 +62,11 @@ using pm::test::health::wait_until;
 std::string run_python(const std::string& script, const std::vector<std::string>& inputs) {
   static std::atomic<int> serial{0};
   const auto dir = std::filesystem::temp_directory_path();
-  const std::string stem = "pm_adv14_" + std::to_string(::getpid()) + "_" + std::to_string(serial++);
+  const std::string stem =
+      std::string("pm_adv14_").append(std::to_string(::getpid())) + std::string("_").append(std::to_string(serial++));
   std::vector<std::filesystem::path> files;
   for (std::size_t i = 0; i < inputs.size(); ++i) {
-    files.push_back(dir / (stem + "_" + std::to_string(i) + ".in"));
+    files.push_back(dir / (stem + std::string("_").append(std::to_string(i)) + ".in"));
     std::ofstream(files.back(), std::ios::binary) << inputs[i];
   }
   const auto script_file = dir / (stem + ".py");
@@ -80,7 +81,7 @@ std::string run_python(const std::string& script, const std::vector<std::string>
   for (const auto& f : files) std::filesystem::remove(f);
   std::filesystem::remove(script_file);
   std::filesystem::remove(output);
-  return rc == 0 ? printed : "FAILED (" + std::to_string(rc) + ") " + printed;
+  return rc == 0 ? printed : std::string("FAILED (").append(std::to_string(rc)) + ") " + printed;
 }
 
 /// Each document through Debian's Prometheus parser: one line per document,
@@ -290,7 +291,7 @@ TEST(adversary14_checks, checks_that_call_back_into_the_tree_do_not_deadlock) {
   auto manager = ProcessManagerBuilder().name("app").build();
   std::weak_ptr<pm::ProcessManager> weak = manager;
   auto j = std::make_shared<Journal>();
-  for (int i = 0; i < 50; ++i) manager->insert(std::make_shared<Probe>("p" + std::to_string(i), j));
+  for (int i = 0; i < 50; ++i) manager->insert(std::make_shared<Probe>(std::string("p").append(std::to_string(i)), j));
   HealthOptions options;
   options.checks.push_back(pm::make_check("snapshot", CheckKind::readiness, [weak] {
     const auto m = weak.lock();
@@ -466,7 +467,7 @@ TEST(adversary14_routes, a_huge_body_is_sent_whole_and_head_gives_its_length_onl
   const std::string head = get(s.port, "/big", "HEAD");
   EXPECT_EQ(status_of(head), 200);
   EXPECT_EQ(body_of(head), "");
-  EXPECT_NE(head.find("Content-Length: " + std::to_string(size)), std::string::npos) << head;
+  EXPECT_NE(head.find(std::string("Content-Length: ").append(std::to_string(size))), std::string::npos) << head;
 }
 
 TEST(adversary14_routes, statuses_that_cannot_carry_a_body_or_are_not_final_get_an_answer) {
@@ -871,7 +872,7 @@ TEST(adversary14_metrics, documents_during_tree_churn_parse_and_counters_never_g
   for (int round = 0; round < 12; ++round) {
     std::vector<std::shared_ptr<Probe>> added;
     for (int i = 0; i < 4; ++i) {
-      const std::string name = "c" + std::to_string(i);
+      const std::string name = std::string("c").append(std::to_string(i));
       auto p = std::make_shared<Probe>(name, j, Behaviour{.fail_first_runs = i % 3});
       manager->add(p, ChildOptions{.restart = quick_restart()});
       added.push_back(p);
@@ -922,7 +923,8 @@ TEST(adversary14_metrics, documents_during_tree_churn_parse_and_counters_never_g
 
 TEST(adversary14_metrics, the_server_stops_while_many_big_documents_are_in_flight) {
   auto manager = ProcessManagerBuilder().name("app").build();
-  for (int i = 0; i < 3000; ++i) manager->insert(std::make_shared<pm::test::IdleService>("s" + std::to_string(i)));
+  for (int i = 0; i < 3000; ++i)
+    manager->insert(std::make_shared<pm::test::IdleService>(std::string("s").append(std::to_string(i))));
   HealthOptions options;
   options.max_connections = 128;
   options.metrics = [](pm::MetricsWriter& w) {
@@ -972,7 +974,8 @@ TEST(adversary14_metrics, the_server_stops_while_many_big_documents_are_in_fligh
 
 TEST(adversary14_lifetime, the_io_context_destroyed_first_with_checks_routes_and_documents_in_flight) {
   auto manager = ProcessManagerBuilder().name("app").build();
-  for (int i = 0; i < 2000; ++i) manager->insert(std::make_shared<pm::test::IdleService>("s" + std::to_string(i)));
+  for (int i = 0; i < 2000; ++i)
+    manager->insert(std::make_shared<pm::test::IdleService>(std::string("s").append(std::to_string(i))));
   Hang deaf;
   auto released = std::make_shared<std::atomic<bool>>(false);
   auto entered = std::make_shared<std::atomic<int>>(0);
@@ -1119,8 +1122,9 @@ TEST(adversary14_logs, json_lines_from_many_threads_stay_whole_and_valid) {
   for (int t = 0; t < 8; ++t) {
     threads.emplace_back([t] {
       for (int i = 0; i < 300; ++i) {
-        std::string path = "app/t" + std::to_string(t) + "/\"q\"\\\xff\xc3";
-        std::string message = "line " + std::to_string(i) + " \x01\x7f\t\r\n\xe2\x82 \xf0\x9f\x98\x80 ";
+        std::string path = std::string("app/t").append(std::to_string(t)) + "/\"q\"\\\xff\xc3";
+        std::string message =
+            std::string("line ").append(std::to_string(i)) + " \x01\x7f\t\r\n\xe2\x82 \xf0\x9f\x98\x80 ";
         // At most about 3,300 bytes a line once escaped: below PIPE_BUF.
         message.append(static_cast<std::size_t>(i * 7 % 1500), "abc\"\\"[i % 5]);
         pm::log(pm::LogLevel::warn, path, message);
@@ -1146,7 +1150,8 @@ TEST(adversary14_logs, json_lines_longer_than_pipe_buf_from_many_threads_do_not_
   for (int t = 0; t < 4; ++t) {
     threads.emplace_back([t] {
       for (int i = 0; i < 20; ++i) {
-        pm::log(pm::LogLevel::error, "app/t" + std::to_string(t), std::string(200000, static_cast<char>('a' + t)));
+        pm::log(pm::LogLevel::error, std::string("app/t").append(std::to_string(t)),
+                std::string(200000, static_cast<char>('a' + t)));
       }
     });
   }

@@ -26,7 +26,7 @@ std::string shell(const std::string& command) {
   char buf[4096];
   for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
   const int rc = ::pclose(p);
-  return rc == 0 ? out : "exit " + std::to_string(rc) + ": " + out;
+  return rc == 0 ? out : std::string("exit ").append(std::to_string(rc)) + ": " + out;
 }
 
 std::uint16_t port_of(const std::string& line) {
@@ -36,7 +36,7 @@ std::uint16_t port_of(const std::string& line) {
 }
 
 TEST(demo, serves_readyz_reloads_on_sighup_and_stops_on_sigterm_with_exit_0) {
-  const std::string where = "@pm-demo-notify-" + std::to_string(getpid());
+  const std::string where = std::string("@pm-demo-notify-").append(std::to_string(getpid()));
   pm::test::NotifyListener sd(where);
   setenv("NOTIFY_SOCKET", where.c_str(), 1);  // as under systemd's Type=notify-reload
   ChildProcess demo(PM_DEMO, {"--port", "0"});
@@ -68,18 +68,19 @@ TEST(demo, serves_readyz_reloads_on_sighup_and_stops_on_sigterm_with_exit_0) {
 
   // /metrics as an operator's scraper sees it: curl, and Debian's
   // Prometheus client parser reading every family, the demo's own included.
-  const std::string parsed = shell("curl -s -S --max-time 60 http://127.0.0.1:" + std::to_string(port) +
-                                   "/metrics | /usr/bin/python3 -c '"
-                                   "import sys\n"
-                                   "from prometheus_client.parser import text_string_to_metric_families as p\n"
-                                   "for f in p(sys.stdin.read()):\n"
-                                   "    for s in f.samples: print(s.name, sorted(s.labels.items()), s.value)\n'");
+  const std::string parsed =
+      shell(std::string("curl -s -S --max-time 60 http://127.0.0.1:").append(std::to_string(port)) +
+            "/metrics | /usr/bin/python3 -c '"
+            "import sys\n"
+            "from prometheus_client.parser import text_string_to_metric_families as p\n"
+            "for f in p(sys.stdin.read()):\n"
+            "    for s in f.samples: print(s.name, sorted(s.labels.items()), s.value)\n'");
   EXPECT_NE(parsed.find("processmanager_child_restarts_total [('path', 'demo/flaky')]"), std::string::npos) << parsed;
   EXPECT_NE(parsed.find("processmanager_child_heartbeat_age_seconds [('path', 'demo/heartbeat')]"), std::string::npos)
       << parsed;
   EXPECT_NE(parsed.find("demo_disk_free_bytes [('mount', '/')]"), std::string::npos) << parsed;
-  const std::string verbose =
-      shell("curl -s -S --max-time 60 'http://127.0.0.1:" + std::to_string(port) + "/readyz?verbose'");
+  const std::string verbose = shell(
+      std::string("curl -s -S --max-time 60 'http://127.0.0.1:").append(std::to_string(port)) + "/readyz?verbose'");
   EXPECT_NE(verbose.find("[+]disk ok\n"), std::string::npos) << verbose;
 
   demo.signal(SIGHUP);

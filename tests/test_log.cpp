@@ -137,7 +137,7 @@ class FailsTwice : public pm::Runnable {
   asio::awaitable<void> process_start() override {
     auto ticker = co_await guard_.runtime_ticker();
     const int run = runs.fetch_add(1) + 1;
-    if (run <= 2) throw std::runtime_error("boom " + std::to_string(run));
+    if (run <= 2) throw std::runtime_error(std::string("boom ").append(std::to_string(run)));
     for (;;) {
       auto msg = co_await ticker.next_control();
       if (msg.is_shutdown()) co_return;
@@ -266,7 +266,7 @@ TEST(log_json, a_managers_restarts_carry_their_number_backoff_and_cause) {
     EXPECT_EQ(r.at("restart").to_number<std::int64_t>(), static_cast<std::int64_t>(i + 1));
     ASSERT_TRUE(r.contains("backoff_ms") && r.at("backoff_ms").is_number());
     EXPECT_EQ(r.at("backoff_ms").to_number<std::int64_t>(), i == 0 ? 3 : 6);
-    EXPECT_EQ(str(r, "cause"), "boom " + std::to_string(i + 1));
+    EXPECT_EQ(str(r, "cause"), std::string("boom ").append(std::to_string(i + 1)));
     EXPECT_EQ(str(r, "detail"), "failed");
     EXPECT_EQ(str(r, "message"), "restart in " + std::string(i == 0 ? "3" : "6") + " ms after: boom " +
                                      std::to_string(i + 1) + " (failed)");
@@ -449,7 +449,8 @@ TEST(log_describe, a_boost_system_error_loses_its_source_location_unless_debug_l
   ASSERT_NE(raw.find(" at "), std::string::npos) << raw;  // else this test proves nothing
   ASSERT_NE(raw.find("test_log.cpp:"), std::string::npos) << raw;
   const auto e = std::make_exception_ptr(error);
-  const std::string short_text = "cannot listen: " + ec.message() + " [system:" + std::to_string(EADDRINUSE) + "]";
+  const std::string short_text =
+      "cannot listen: " + ec.message() + std::string(" [system:").append(std::to_string(EADDRINUSE)) + "]";
   EXPECT_EQ(pm::describe(e), short_text);
   pm::set_log_level(pm::LogLevel::debug);
   EXPECT_EQ(pm::describe(e), raw);
@@ -474,7 +475,7 @@ TEST(log_describe, a_real_asio_failure_is_short_below_debug) {
   ASSERT_TRUE(e);
   const std::string text = pm::describe(e);
   EXPECT_EQ(text, "bind: " + boost::system::error_code(EADDRINUSE, boost::system::system_category()).message() +
-                      " [system:" + std::to_string(EADDRINUSE) + "]")
+                      std::string(" [system:").append(std::to_string(EADDRINUSE)) + "]")
       << raw;
   EXPECT_LT(text.size(), 60u) << text;
   pm::set_log_level(pm::LogLevel::debug);

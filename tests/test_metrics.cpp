@@ -166,8 +166,8 @@ TEST(Metrics, every_family_with_each_child_in_the_format) {
 /// (one line per sample: name, labels, value), or "FAILED ..." with why.
 std::string python_parse(const std::string& text) {
   const auto dir = std::filesystem::temp_directory_path();
-  const auto input = dir / ("pm_metrics_" + std::to_string(::getpid()) + ".txt");
-  const auto output = dir / ("pm_metrics_" + std::to_string(::getpid()) + ".out");
+  const auto input = dir / (std::string("pm_metrics_").append(std::to_string(::getpid())) + ".txt");
+  const auto output = dir / (std::string("pm_metrics_").append(std::to_string(::getpid())) + ".out");
   { std::ofstream(input, std::ios::binary) << text; }
   // /usr/bin/python3: the interpreter Debian's package is installed for.
   const std::string script =
@@ -176,7 +176,7 @@ std::string python_parse(const std::string& text) {
       "for f in text_string_to_metric_families(open(sys.argv[1], encoding='utf-8').read()):\n"
       "    for s in f.samples:\n"
       "        print(f.type, s.name, sorted(s.labels.items()), s.value)\n";
-  const auto script_file = dir / ("pm_metrics_" + std::to_string(::getpid()) + ".py");
+  const auto script_file = dir / (std::string("pm_metrics_").append(std::to_string(::getpid())) + ".py");
   { std::ofstream(script_file) << script; }
   const std::string command =
       "/usr/bin/python3 " + script_file.string() + " " + input.string() + " > " + output.string() + " 2>&1";
@@ -186,7 +186,7 @@ std::string python_parse(const std::string& text) {
   std::filesystem::remove(input);
   std::filesystem::remove(output);
   std::filesystem::remove(script_file);
-  return rc == 0 ? printed : "FAILED (" + std::to_string(rc) + ") " + printed;
+  return rc == 0 ? printed : std::string("FAILED (").append(std::to_string(rc)) + ") " + printed;
 }
 
 TEST(Metrics, a_real_parser_reads_every_sample_even_of_names_that_need_escaping) {
@@ -309,9 +309,9 @@ TEST(Metrics, counter_floors_never_go_backwards_and_lose_nothing_they_saw) {
     pm::detail::CounterFloors floors;
     std::map<std::string, std::uint64_t> raw, shown;
     for (int step = 0; step < 300; ++step) {
-      const std::string path = "p" + std::to_string(rng() % 4);
+      const std::string path = std::string("p").append(std::to_string(rng() % 4));
       const int family = static_cast<int>(rng() % 2);
-      const std::string key = path + "/" + std::to_string(family);
+      const std::string key = path + std::string("/").append(std::to_string(family));
       const std::uint64_t before = raw[key];
       std::uint64_t now = before + rng() % 3;
       if (rng() % 8 == 0) now = rng() % 3;  // a new life
