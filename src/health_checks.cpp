@@ -48,11 +48,14 @@ void start_check(const std::shared_ptr<State>& s, std::size_t i, const asio::any
   auto failed = [](const std::exception_ptr& e) {
     return HealthCheckResult::unhealthy(std::string("threw: ").append(describe(e)));
   };
+  auto signal = std::make_shared<asio::cancellation_signal>();
+  r.cancel = signal;
+  auto slot = signal->slot();
   asio::co_spawn(ex, run_check(s, i),
-                 asio::bind_cancellation_slot(r.cancel.slot(),
-                                              [finish, failed](const std::exception_ptr& e, HealthCheckResult result) {
-                                                finish(e ? failed(e) : std::move(result));
-                                              }));
+                 asio::bind_cancellation_slot(
+                     slot, [finish, failed, signal](const std::exception_ptr& e, HealthCheckResult result) {
+                       finish(e ? failed(e) : std::move(result));
+                     }));
 }
 
 /// The result of check `i` for a probe: that of the run under way (one is
@@ -79,7 +82,7 @@ asio::awaitable<HealthCheckResult> check_result(std::shared_ptr<State> s, std::s
   if (s->closing) co_return HealthCheckResult::unhealthy("the server is stopping");
   if (r.running && r.generation == generation && !r.cancelled) {
     r.cancelled = true;
-    r.cancel.emit(asio::cancellation_type::terminal);
+    if (auto signal = r.cancel.lock()) signal->emit(asio::cancellation_type::terminal);
   }
   co_return HealthCheckResult::unhealthy(std::string("timed out after ").append(words(check.timeout)));
 }

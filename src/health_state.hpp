@@ -89,7 +89,10 @@ struct CheckRun {
   std::chrono::steady_clock::time_point started{};
   HealthCheckResult result;
   std::vector<asio::steady_timer*> waiters;  // woken when the run under way answers
-  asio::cancellation_signal cancel;
+  // The run's cancellation, owned by its completion handler: a signal kept
+  // here would outlive the io_context (the server's state does) and its
+  // slot's handler would touch the destroyed strand when it goes.
+  std::weak_ptr<asio::cancellation_signal> cancel;
 };
 
 /// A route handler's call under way: its answer, and the session waiting.
@@ -166,7 +169,7 @@ struct HealthState {
       for (auto* w : r->waiters) w->cancel();
       if (r->running && !r->cancelled) {
         r->cancelled = true;
-        r->cancel.emit(asio::cancellation_type::terminal);
+        if (auto signal = r->cancel.lock()) signal->emit(asio::cancellation_type::terminal);
       }
     }
   }

@@ -456,9 +456,9 @@ asio::awaitable<pm::HealthResponse> answer_with(unsigned status, std::string bod
 }
 
 TEST(adversary14_routes, a_huge_body_is_sent_whole_and_head_gives_its_length_only) {
-  const std::size_t size = std::size_t{48} << 20;
+  constexpr std::size_t size = std::size_t{48} << 20;
   HealthOptions options;
-  options.routes.push_back({"/big", [size](pm::HealthRequest) { return answer_with(200, std::string(size, 'x')); }});
+  options.routes.push_back({"/big", [](pm::HealthRequest) { return answer_with(200, std::string(size, 'x')); }});
   Served s(options);
   ASSERT_NE(s.port, 0);
   const std::string r = get(s.port, "/big");
