@@ -86,17 +86,16 @@ void write_line(const std::string& line) noexcept {
   }
 }
 
-void write_stderr(LogLevel level, std::string_view path, std::string_view message) {
-  std::string line;
-  append_stamp(line, std::chrono::system_clock::now());
+/// "<stamp> <LEVEL> <path>: <message>"
+void append_text(std::string& line, const LogRecord& r) {
+  line.reserve(32 + r.path.size() + r.message.size());
+  append_stamp(line, r.time);
   line += ' ';
-  line += to_string(level);
+  line += to_string(r.level);
   line += ' ';
-  line += path;
+  line += r.path;
   line += ": ";
-  line += message;
-  line += '\n';
-  write_line(line);
+  line += r.message;
 }
 
 /// Appends `s` as a JSON string. Paths and messages come from users and
@@ -175,18 +174,19 @@ std::string_view json_level(LogLevel level) noexcept {
   return "?";
 }
 
-/// One JSON object per line; `ev` (or null) is what the line reports.
-void write_json(LogLevel level, std::string_view path, std::string_view message, const Event* ev) {
-  std::string line;
-  line.reserve(112 + path.size() + message.size());
+/// One JSON object: ts, level, path, event, message, and the fields of the
+/// event the record reports, if any.
+void append_json(std::string& line, const LogRecord& r) {
+  line.reserve(112 + r.path.size() + r.message.size());
   line += "{\"ts\":\"";
-  append_stamp(line, std::chrono::system_clock::now());
+  append_stamp(line, r.time);
   line += "\",\"level\":\"";
-  line += json_level(level);
+  line += json_level(r.level);
   line += '"';
-  append_field(line, "path", path);
+  append_field(line, "path", r.path);
+  const Event* ev = r.event;
   append_field(line, "event", ev != nullptr ? to_string(ev->kind) : std::string_view("log"));
-  append_field(line, "message", message);
+  append_field(line, "message", r.message);
   if (ev != nullptr) {
     if (ev->state) append_field(line, "state", to_string(*ev->state));
     if (ev->previous) append_field(line, "previous", to_string(*ev->previous));
@@ -198,28 +198,46 @@ void write_json(LogLevel level, std::string_view path, std::string_view message,
     if (ev->control) append_field(line, "control", to_string(*ev->control));
     if (!ev->detail.empty()) append_field(line, "detail", ev->detail);
   }
-  line += "}\n";
-  write_line(line);
+  line += '}';
 }
 
 // The sink is swapped rarely and read on every line: readers copy the
-// shared_ptr under a short lock and call it unlocked.
+// shared_ptr under a short lock and call it unlocked. A LogSink is held
+// wrapped as a record sink, so that one pointer says which sink is current.
 std::mutex sink_mu;
-std::shared_ptr<const LogSink> current_sink;
+std::shared_ptr<const LogRecordSink> current_sink;
+
+void install(LogRecordSink sink) {
+  auto next = sink ? std::make_shared<const LogRecordSink>(std::move(sink)) : nullptr;
+  std::lock_guard lock(sink_mu);
+  current_sink = std::move(next);
+}
 
 void emit(LogLevel level, std::string_view path, std::string_view message, const Event* ev) {
-  std::shared_ptr<const LogSink> sink;
+  std::shared_ptr<const LogRecordSink> sink;
   {
     std::lock_guard lock(sink_mu);
     sink = current_sink;
   }
-  if (sink) {
-    (*sink)(level, path, message);
-  } else if (format_var().load(std::memory_order_relaxed) == LogFormat::json) {
-    write_json(level, path, message, ev);
-  } else {
-    write_stderr(level, path, message);
+  const LogRecord record{
+      .level = level, .path = path, .message = message, .time = std::chrono::system_clock::now(), .event = ev};
+  // A sink that logs (its own trouble, say) would call itself until the
+  // stack ran out: what it logs goes to the default sink instead.
+  thread_local bool in_sink = false;
+  if (sink && !in_sink) {
+    in_sink = true;
+    try {
+      (*sink)(record);
+    } catch (...) {
+      in_sink = false;
+      throw;
+    }
+    in_sink = false;
+    return;
   }
+  std::string line = format_log_line(record, format_var().load(std::memory_order_relaxed));
+  line += '\n';
+  write_line(line);
 }
 
 }  // namespace
@@ -239,9 +257,23 @@ std::string_view to_string(LogLevel level) noexcept {
 }
 
 void set_log_sink(LogSink sink) {
-  auto next = sink ? std::make_shared<const LogSink>(std::move(sink)) : nullptr;
-  std::lock_guard lock(sink_mu);
-  current_sink = std::move(next);
+  if (!sink) {
+    install(nullptr);
+    return;
+  }
+  install([sink = std::move(sink)](const LogRecord& r) { sink(r.level, r.path, r.message); });
+}
+
+void set_log_record_sink(LogRecordSink sink) { install(std::move(sink)); }
+
+std::string format_log_line(const LogRecord& record, LogFormat format) {
+  std::string line;
+  if (format == LogFormat::json) {
+    append_json(line, record);
+  } else {
+    append_text(line, record);
+  }
+  return line;
 }
 
 void set_log_level(std::optional<LogLevel> level) noexcept {

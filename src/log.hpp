@@ -13,8 +13,8 @@ inline void log_line(LogLevel level, std::string_view path, std::string_view mes
 }
 
 /// Logs `ev` at level_of(ev) as describe(ev). In JSON format the default
-/// sink also writes the event's fields; a user's sink gets (level, path,
-/// message) as from log(). Costs one relaxed load when the level is off.
+/// sink also writes the event's fields; a record sink gets `&ev` as
+/// LogRecord::event. Costs one relaxed load when the level is off.
 void log_event(const Event& ev) noexcept;
 /// Logs `message` about `ev` at `level`, with the event's fields in JSON
 /// format; otherwise exactly log(level, ev.path, message).

@@ -98,6 +98,28 @@ void set_log_format(LogFormat format) noexcept;
 /// The default sink's format now.
 LogFormat log_format() noexcept;
 
+/// One log line with what it reports, for sinks that keep fields apart (a
+/// structured logger, a log shipper's client). The views and `event` are
+/// valid only during the sink's call: copy what is kept.
+struct LogRecord {
+  LogLevel level = LogLevel::info;               ///< the line's severity
+  std::string_view path{};                       ///< the child it is about, "root/db"
+  std::string_view message{};                    ///< the line in words, describe(*event) for an event
+  std::chrono::system_clock::time_point time{};  ///< when the line was logged
+  const Event* event = nullptr;                  ///< the event it reports; nullptr for a line from log()
+};
+/// Receives every log line as a record; called as a LogSink is (any thread,
+/// no library lock held, what it throws is dropped).
+using LogRecordSink = std::function<void(const LogRecord&)>;
+/// Replaces the process-wide sink with one that receives records. It and
+/// set_log_sink() set the same sink: the later call wins, and an empty
+/// function restores the default.
+void set_log_record_sink(LogRecordSink sink);
+/// The line the default sink writes for `record` in `format`, without the
+/// newline: a record sink that forwards to another logger can keep the
+/// library's JSON fields (`ts` is `record.time`).
+std::string format_log_line(const LogRecord& record, LogFormat format);
+
 /// Receives a manager's events in the order they happened, one at a time,
 /// never with a library lock held. Events of a nested manager reach its
 /// parent's hook too, with the full path.
