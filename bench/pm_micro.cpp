@@ -179,6 +179,56 @@ void BM_ControlRoundTrip(benchmark::State& state) {
   runner.join();
 }
 
+asio::awaitable<void> sub_task() { co_return; }
+
+// A sub-task's whole life: spawned, run, completed. Run in batches of 64 so
+// that io_context::run()'s own entry and exit are spread thin, the same on
+// both sides; the io_context runs on one thread, as a service's strand does.
+template <class Spawn>
+void spawn_batches(benchmark::State& state, asio::io_context& io, Spawn spawn) {
+  std::size_t pending = 0;
+  for (auto _ : state) {
+    spawn();
+    if (++pending == 64) {
+      io.run();
+      io.restart();
+      pending = 0;
+    }
+  }
+  io.run();
+}
+
+// The least a sub-task that can be cancelled needs: a signal of its own,
+// bound to its co_spawn, and a completion handler that owns it (the
+// TaskScope pays exactly that, plus its books).
+void BM_RawCoSpawn(benchmark::State& state) {
+  asio::io_context io(1);
+  std::uint64_t ended = 0;
+  spawn_batches(state, io, [&io, &ended] {
+    auto sig = std::make_shared<asio::cancellation_signal>();
+    auto& ref = *sig;
+    asio::co_spawn(io, sub_task(),
+                   asio::bind_cancellation_slot(ref.slot(), [&ended, sig = std::move(sig)](std::exception_ptr e) {
+                     if (!e) ++ended;
+                   }));
+  });
+  if (ended != static_cast<std::uint64_t>(state.iterations())) state.SkipWithError("sub-tasks lost");
+}
+
+// A fire-and-forget co_spawn, which cannot be cancelled or joined (information).
+void BM_RawCoSpawnDetached(benchmark::State& state) {
+  asio::io_context io(1);
+  spawn_batches(state, io, [&io] { asio::co_spawn(io, sub_task(), asio::detached); });
+}
+
+void BM_ScopeSpawn(benchmark::State& state) {
+  asio::io_context io(1);
+  pm::TaskScope scope(io.get_executor(), {.name = "bench"});
+  spawn_batches(state, io, [&scope] { scope.spawn(sub_task()); });
+  if (scope.running() != 0 || scope.spawned() != static_cast<std::uint64_t>(state.iterations()))
+    state.SkipWithError("sub-tasks lost");
+}
+
 }  // namespace
 
 BENCHMARK(BM_RawPost);
@@ -189,5 +239,8 @@ BENCHMARK(BM_TickAwaitable);
 BENCHMARK(BM_RawCrossThreadPost)->UseRealTime();
 BENCHMARK(BM_RawTimerCancelRoundTrip)->UseRealTime();
 BENCHMARK(BM_ControlRoundTrip)->UseRealTime();
+BENCHMARK(BM_RawCoSpawn);
+BENCHMARK(BM_RawCoSpawnDetached);
+BENCHMARK(BM_ScopeSpawn);
 
 BENCHMARK_MAIN();

@@ -1,6 +1,7 @@
 #include <processmanager/health.hpp>
 
 #include <processmanager/runtime_guard.hpp>
+#include <processmanager/task_scope.hpp>
 
 #include <algorithm>
 #include <array>
@@ -81,7 +82,6 @@ class Registration {
     if (!s_) return;
     if ((*place_)->evicted) --s_->evicting;
     s_->connections.erase(place_);
-    if (s_->connections.empty() && s_->drained != nullptr) s_->drained->cancel();
   }
   const std::shared_ptr<detail::HealthConnection>& connection() const { return *place_; }
 
@@ -334,6 +334,8 @@ asio::awaitable<void> HealthServer::process_start() {
   // cause lasts, since the pending connection stays queued: the loop then
   // pauses, 5 ms doubling to 1 s, and logs once per episode.
   asio::steady_timer pause(ex);
+  // The sessions: on the server's strand, closed and drained at the stop.
+  TaskScope sessions(ex, {.name = s->name + " connections"});
   std::chrono::milliseconds backoff{0};
   std::size_t failures = 0;
   for (;;) {
@@ -376,24 +378,27 @@ asio::awaitable<void> HealthServer::process_start() {
     auto conn = std::make_shared<detail::HealthConnection>(std::move(socket));
     conn->answering = overloaded;  // the 503 is not evicted
     Registration registration(s, s->connections.insert(s->connections.end(), std::move(conn)));
-    asio::co_spawn(ex, session(s, std::move(registration), overloaded), [name = s->name](const std::exception_ptr& e) {
-      if (e) detail::log_line(LogLevel::warn, name, "connection ended with an error: " + describe(e));
-    });
+    sessions.spawn(session(s, std::move(registration), overloaded));
   }
 
-  // Closing the connections ends their operations at once; the sessions
-  // unlist themselves, and the last one wakes this wait.
+  // Closing the connections ends their operations at once, and so their
+  // sessions; a session held up longer (by a route of the user's that
+  // ignores cancellation) is cancelled at the request timeout and left
+  // behind a second later.
   acceptor.close(ec);
   s->close_all();
-  if (!s->connections.empty()) {
-    asio::steady_timer drained(ex, asio::steady_timer::time_point::max());
-    s->drained = &drained;
-    struct Forget {  // also if this frame is destroyed while it waits
-      State& s;
-      ~Forget() { s.drained = nullptr; }
-    } forget{*s};
-    auto [wec] = co_await drained.async_wait(tuple_token);
-    (void)wec;
+  DrainReport report;
+  try {
+    report = co_await sessions.drain(s->options.request_timeout, std::chrono::seconds(1));
+  } catch (const boost::system::system_error& e) {
+    // A forced stop cancelled the drain (and with it every session): the
+    // server has stopped all the same.
+    if (e.code() != asio::error::operation_aborted) throw;
+  }
+  if (!report.abandoned.empty()) {
+    detail::log_line(
+        LogLevel::warn, s->name,
+        std::to_string(report.abandoned.size()) + " connection(s) did not end when cancelled; left behind");
   }
 }
 

@@ -112,8 +112,7 @@ struct HealthState {
   std::atomic<std::uint16_t> port{0};
   // On the server's executor only.
   std::list<std::shared_ptr<HealthConnection>> connections;  // every open one, oldest first (accept order)
-  std::size_t evicting = 0;               // evicted, their session not ended yet: not counted against the limit
-  asio::steady_timer* drained = nullptr;  // the stop waits on it for the last connection
+  std::size_t evicting = 0;  // evicted, their session not ended yet: not counted against the limit
   bool closing = false;
   DocumentQueue status{DocumentQueue::Kind::status, {}, {}, false, 0};
   DocumentQueue metrics{DocumentQueue::Kind::metrics, {}, {}, false, 0};

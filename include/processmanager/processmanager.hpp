@@ -14,6 +14,7 @@
 #include <processmanager/runtime_guard.hpp>
 #include <processmanager/status_json.hpp>
 #include <processmanager/systemd.hpp>
+#include <processmanager/task_scope.hpp>
 
 #include <processmanager/builtin/blocking.hpp>
 #include <processmanager/builtin/idle.hpp>

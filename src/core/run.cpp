@@ -3,6 +3,7 @@
 #include <typeinfo>
 
 #include "run_state.hpp"
+#include "serial.hpp"
 #include "snapshot.hpp"
 
 namespace pm::detail {
@@ -56,6 +57,15 @@ std::unique_ptr<asio::any_io_executor> place(const ManagerRun& run, const ChildO
 }
 
 }  // namespace
+
+asio::any_io_executor serial_executor(const asio::any_io_executor& ex) {
+  if (ex.target<asio::strand<asio::io_context::executor_type>>() != nullptr ||
+      ex.target<asio::strand<asio::thread_pool::executor_type>>() != nullptr ||
+      ex.target<asio::strand<asio::any_io_executor>>() != nullptr)
+    return ex;
+  auto strand = strand_of(ex);
+  return strand ? *strand : ex;
+}
 
 void tell_one(ProcessControlHandler& handle, const RuntimeControlMessage& msg) noexcept {
   try {
