@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(g++ cmake ninja-build make pkg-config libboost1.81-dev libboost-json1.81-dev
           libgtest-dev libgmock-dev libbenchmark-dev clang-tidy clang-format curl doxygen
-          python3-prometheus-client libspdlog-dev)
+          python3-prometheus-client libspdlog-dev prometheus-cpp-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
