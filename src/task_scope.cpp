@@ -3,8 +3,10 @@
 #include <processmanager/process_manager.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <mutex>
 #include <optional>
+#include <stdexcept>
 #include <utility>
 
 #include <boost/asio/bind_cancellation_slot.hpp>
@@ -40,6 +42,17 @@ struct Task : std::enable_shared_from_this<Task> {
   Task* prev = nullptr;
   Task* next = nullptr;
   bool linked = false;
+  // On the task's executor only. Asio's co_spawn awaits on its own before
+  // and after the task's body, outside the body's try, and once its
+  // coroutine is cancelled every such await throws, out of spawn() or out
+  // of io_context::run(). So cancellation is emitted only while the body
+  // runs: one that comes earlier waits (`pending`) for the body to begin,
+  // one that comes later is dropped, and the body's end clears the
+  // coroutine's cancellation state.
+  bool started = false;
+  bool pending = false;
+  bool done = false;
+  bool told = false;  // cancellation was emitted
   ~Task();
 
   std::string label() const { return name.empty() ? std::string("#").append(std::to_string(number)) : name; }
@@ -53,13 +66,40 @@ void deliver(std::vector<Cancel>& cancels) noexcept {
   for (auto& [ex, weak] : cancels) {
     try {
       asio::post(ex, [weak = std::move(weak)] {
-        if (auto t = weak.lock()) t->signal.emit(asio::cancellation_type::terminal);
+        auto t = weak.lock();
+        if (!t || t->done) return;
+        if (!t->started) {
+          t->pending = true;
+          return;
+        }
+        t->told = true;
+        t->signal.emit(asio::cancellation_type::terminal);
       });
     } catch (...) {
       // Only a failed allocation: that sub-task is then waited for (or
       // abandoned by drain) without having been told.
     }
   }
+}
+
+/// The coroutine co_spawn runs: the task's body, between the two points at
+/// which cancellation may be emitted (see Task). `t` outlives it: its
+/// completion handler owns it.
+asio::awaitable<void> body(Task* t, asio::awaitable<void> task) {
+  t->started = true;
+  if (t->pending) {
+    t->told = true;
+    t->signal.emit(asio::cancellation_type::terminal);
+  }
+  std::exception_ptr e;
+  try {
+    co_await std::move(task);
+  } catch (...) {
+    e = std::current_exception();
+  }
+  t->done = true;
+  co_await asio::this_coro::reset_cancellation_state();
+  if (e) std::rethrow_exception(e);
 }
 
 }  // namespace
@@ -112,7 +152,9 @@ struct TaskScopeState {
   std::vector<Cancel> cancels() const {
     std::vector<Cancel> out;
     out.reserve(running);
-    for (Task* t = head; t != nullptr; t = t->next) out.emplace_back(t->ex, t->weak_from_this());
+    for (Task* t = head; t != nullptr; t = t->next) {
+      out.emplace_back(t->ex, t->weak_from_this());
+    }
     return out;
   }
 
@@ -141,6 +183,11 @@ Task::~Task() {
 }  // namespace
 
 void TaskScopeState::failed_with(Task& t, const std::exception_ptr& e) noexcept {
+  // The scope's own cancellation ending a wait that throws (use_awaitable,
+  // or any co_await once the coroutine is cancelled) is how a sub-task is
+  // meant to end, not a failure. (Completions run on the task's executor,
+  // where `told` is written.)
+  if (t.told && is_operation_aborted(e)) return;
   std::vector<Cancel> to_cancel;
   bool trip = false;
   {
@@ -170,7 +217,14 @@ void TaskScopeState::failed_with(Task& t, const std::exception_ptr& e) noexcept 
   }
   if (!trip) return;
   deliver(to_cancel);
-  if (options.owner) options.owner->request_shutdown();
+  if (!options.owner) return;
+  try {
+    options.owner->request_shutdown();
+  } catch (...) {
+    // A handle of the user's own that throws: the scope is closed and its
+    // sub-tasks cancelled all the same, and drain() still throws the failure.
+    log_line(LogLevel::error, options.name, "could not ask the owner to shut down");
+  }
 }
 
 }  // namespace detail
@@ -178,8 +232,17 @@ void TaskScopeState::failed_with(Task& t, const std::exception_ptr& e) noexcept 
 using detail::Task;
 using detail::TaskScopeState;
 
+namespace {
+
+asio::any_io_executor checked(asio::any_io_executor ex, const std::string& scope) {
+  if (!ex) throw std::invalid_argument(std::string("task scope '").append(scope).append("': no executor"));
+  return ex;
+}
+
+}  // namespace
+
 TaskScope::TaskScope(asio::any_io_executor ex, TaskScopeOptions options)
-    : state_(std::make_shared<TaskScopeState>(std::move(ex), std::move(options))) {}
+    : state_(std::make_shared<TaskScopeState>(checked(std::move(ex), options.name), std::move(options))) {}
 
 TaskScope::~TaskScope() { cancel(); }
 
@@ -188,7 +251,7 @@ void TaskScope::spawn(asio::awaitable<void> task, std::string name) {
 }
 
 void TaskScope::spawn(const asio::any_io_executor& ex, asio::awaitable<void> task, std::string name) {
-  launch(detail::serial_executor(ex), std::move(task), std::move(name));
+  launch(detail::serial_executor(checked(ex, state_->options.name)), std::move(task), std::move(name));
 }
 
 void TaskScope::launch(asio::any_io_executor ex, asio::awaitable<void> task, std::string name) {
@@ -210,7 +273,7 @@ void TaskScope::launch(asio::any_io_executor ex, asio::awaitable<void> task, std
   }
   t->scope = state_;  // from here its destructor unlists it
   Task& ref = *t;
-  asio::co_spawn(ref.ex, std::move(task),
+  asio::co_spawn(ref.ex, detail::body(&ref, std::move(task)),
                  asio::bind_cancellation_slot(ref.signal.slot(), [t = std::move(t)](const std::exception_ptr& e) {
                    if (e) t->scope->failed_with(*t, e);
                  }));
@@ -273,18 +336,14 @@ asio::awaitable<bool> wait_idle(std::shared_ptr<TaskScopeState> s, std::chrono::
   co_return idle;
 }
 
-}  // namespace
-
-asio::awaitable<DrainReport> TaskScope::drain(std::chrono::nanoseconds grace, std::chrono::nanoseconds abandon) {
-  // Only the state from here on: the scope may be destroyed while this waits.
-  const std::shared_ptr<TaskScopeState> s = state_;
+/// drain()'s wait, on the scope's state only: the scope may be destroyed
+/// while it waits.
+asio::awaitable<DrainReport> drain_state(std::shared_ptr<TaskScopeState> s, std::chrono::nanoseconds grace,
+                                         std::chrono::nanoseconds abandon) {
   DrainReport report;
-  {
-    std::lock_guard lock(s->mu);
-    s->closed = true;
-  }
+  bool cancelled = false;
   try {
-    bool idle = co_await wait_idle(
+    const bool idle = co_await wait_idle(
         s, detail::sat_add(std::chrono::steady_clock::now(), std::max(grace, std::chrono::nanoseconds::zero())));
     if (!idle) {
       std::vector<detail::Cancel> to_cancel;
@@ -293,13 +352,10 @@ asio::awaitable<DrainReport> TaskScope::drain(std::chrono::nanoseconds grace, st
         report.cancelled = s->names();
         to_cancel = s->cancels();
       }
+      cancelled = true;
       detail::deliver(to_cancel);
-      idle = co_await wait_idle(
+      co_await wait_idle(
           s, detail::sat_add(std::chrono::steady_clock::now(), std::max(abandon, std::chrono::nanoseconds::zero())));
-      if (!idle) {
-        std::lock_guard lock(s->mu);
-        report.abandoned = s->names();
-      }
     }
   } catch (...) {
     // The drain itself was cancelled (its service is being stopped hard):
@@ -314,16 +370,29 @@ asio::awaitable<DrainReport> TaskScope::drain(std::chrono::nanoseconds grace, st
   }
   std::exception_ptr failure;
   {
+    // One look at the books, so that the counts agree with each other
+    // whatever ends meanwhile.
     std::lock_guard lock(s->mu);
+    if (cancelled) report.abandoned = s->names();
     const std::size_t ended_cancelled = report.cancelled.size() - report.abandoned.size();
     report.finished = s->ended_since_report > ended_cancelled ? s->ended_since_report - ended_cancelled : 0;
     s->ended_since_report = 0;
-    report.failures = std::exchange(s->failures, {});
-    report.failures_dropped = std::exchange(s->failures_dropped, 0);
     failure = s->first_failure;
+    // A drain that throws reports nothing: the failures stay for errors().
+    if (!failure) {
+      report.failures = std::exchange(s->failures, {});
+      report.failures_dropped = std::exchange(s->failures_dropped, 0);
+    }
   }
   if (failure) std::rethrow_exception(failure);
   co_return report;
+}
+
+}  // namespace
+
+asio::awaitable<DrainReport> TaskScope::drain(std::chrono::nanoseconds grace, std::chrono::nanoseconds abandon) {
+  close();  // at the call, not when the awaitable is first resumed
+  return drain_state(state_, grace, abandon);
 }
 
 std::size_t TaskScope::running() const noexcept {

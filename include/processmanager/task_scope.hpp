@@ -91,7 +91,8 @@ struct DrainReport {
 class TaskScope {
  public:
   /// Sub-tasks spawned without an executor run on `ex` (the service's own,
-  /// `co_await asio::this_coro::executor`).
+  /// `co_await asio::this_coro::executor`). An empty executor throws
+  /// std::invalid_argument naming the scope, as spawn(ex, ...) does.
   explicit TaskScope(asio::any_io_executor ex, TaskScopeOptions options = {});
   ~TaskScope();
   TaskScope(const TaskScope&) = delete;
@@ -111,12 +112,13 @@ class TaskScope {
   /// the scope; does not wait.
   void cancel() noexcept;
 
-  /// Closes the scope, waits until every sub-task has ended or `grace` has
+  /// Closes the scope (at the call, before the awaitable first runs), then
+  /// waits until every sub-task has ended or `grace` has
   /// passed, then cancels the rest (terminal) and waits up to `abandon` for
   /// them; a sub-task that ignores cancellation is reported as abandoned and
   /// left behind. grace and abandon may be zero or nanoseconds::max().
   /// Under TaskErrors::fail_owner, throws the first failure once the drain
-  /// is over. Cancelling the drain itself cancels every sub-task, and
+  /// is over; every failure stays in errors(). Cancelling the drain itself cancels every sub-task, and
   /// throws operation_aborted.
   asio::awaitable<DrainReport> drain(std::chrono::nanoseconds grace,
                                      std::chrono::nanoseconds abandon = std::chrono::seconds(1));
