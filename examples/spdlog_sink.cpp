@@ -73,7 +73,8 @@ int main(int argc, char** argv) {
   auto root_handle = std::make_shared<std::shared_ptr<pm::ProcessControlHandler>>();
   auto attempts = std::make_shared<int>(0);
   auto flaky = pm::make_runnable("flaky", [attempts, root_handle](pm::RuntimeContext& ctx) -> asio::awaitable<void> {
-    if (++*attempts <= 2) throw std::runtime_error("lost the queue (attempt " + std::to_string(*attempts) + ")");
+    if (++*attempts <= 2)
+      throw std::runtime_error(std::string("lost the queue (attempt ").append(std::to_string(*attempts)).append(")"));
     spdlog::get("app")->info("app/flaky: serving after {} attempts", *attempts);
     (*root_handle)->request_shutdown();
     for (;;) {

@@ -84,7 +84,7 @@ TEST(task_scope, drain_waits_for_work_that_finishes_within_the_grace_period) {
   const auto report = run_coro(io, [](std::shared_ptr<std::atomic<int>> done) -> asio::awaitable<pm::DrainReport> {
     const auto ex = co_await asio::this_coro::executor;  // not inside the next line: GCC PR 100611
     pm::TaskScope scope(ex, {.name = "work"});
-    for (int i = 0; i < 50; ++i) scope.spawn(hops(1 + i % 7, done), "t" + std::to_string(i));
+    for (int i = 0; i < 50; ++i) scope.spawn(hops(1 + i % 7, done), std::string("t").append(std::to_string(i)));
     EXPECT_EQ(scope.running(), 50u);
     EXPECT_EQ(scope.spawned(), 50u);
     auto r = co_await scope.drain(std::chrono::nanoseconds::max(), 0s);
@@ -215,7 +215,7 @@ class Server : public pm::Runnable {
     const auto ex = co_await asio::this_coro::executor;  // not inside the next line: GCC PR 100611
     pm::TaskScope scope(
         ex, {.name = "server/connections", .on_error = pm::TaskErrors::fail_owner, .owner = guard_.handle()});
-    for (int i = 0; i < 3; ++i) scope.spawn(until_cancelled(waits), "conn-" + std::to_string(i));
+    for (int i = 0; i < 3; ++i) scope.spawn(until_cancelled(waits), std::string("conn-").append(std::to_string(i)));
     scope.spawn(throws("peer sent garbage"), "conn-bad");
     for (;;) {
       auto msg = co_await ticker.next_control();
@@ -329,7 +329,8 @@ TEST(task_scope, spawns_from_many_threads_onto_a_multi_threaded_io_context_are_a
         if (i % 10 == 0) {
           scope.spawn(until_cancelled(w));
         } else {
-          scope.spawn(hops(i % 5, done), "t" + std::to_string(t) + "-" + std::to_string(i));
+          scope.spawn(hops(i % 5, done),
+                      std::string("t").append(std::to_string(t)).append("-").append(std::to_string(i)));
         }
       }
     });
@@ -479,7 +480,7 @@ TEST(task_scope, a_cancel_racing_spawns_from_other_threads_reaches_every_task) {
   std::vector<std::thread> runners;
   for (int i = 0; i < 3; ++i) runners.emplace_back([&io] { io.run(); });
   for (int round = 0; round < 25; ++round) {
-    SCOPED_TRACE("round " + std::to_string(round));
+    SCOPED_TRACE(std::string("round ").append(std::to_string(round)));
     auto w = std::make_shared<Waits>();
     pm::TaskScope scope(io.get_executor());
     std::atomic<int> spawned{0};
@@ -529,7 +530,7 @@ TEST(task_scope, a_cancel_racing_spawns_from_other_threads_reaches_every_task) {
 // the model says.
 TEST(task_scope, randomized_drains_report_what_a_model_predicts) {
   for (unsigned seed = 1; seed <= 60; ++seed) {
-    SCOPED_TRACE("seed " + std::to_string(seed));
+    SCOPED_TRACE(std::string("seed ").append(std::to_string(seed)));
     std::mt19937 rng(seed);
     const int n = static_cast<int>(rng() % 40);
     const bool with_waiters = rng() % 2 == 0;
@@ -538,7 +539,7 @@ TEST(task_scope, randomized_drains_report_what_a_model_predicts) {
     std::set<std::string> throwers;
     std::set<std::string> waiters;
     for (int i = 0; i < n; ++i) {
-      const std::string name = "t" + std::to_string(i);
+      const std::string name = std::string("t").append(std::to_string(i));
       if (kind[static_cast<std::size_t>(i)] == 1) throwers.insert(name);
       if (kind[static_cast<std::size_t>(i)] == 2) waiters.insert(name);
     }
@@ -552,7 +553,7 @@ TEST(task_scope, randomized_drains_report_what_a_model_predicts) {
           const auto ex = co_await asio::this_coro::executor;  // not inside the next line: GCC PR 100611
           pm::TaskScope scope(ex, {.keep_errors = 1000});
           for (std::size_t i = 0; i < kind.size(); ++i) {
-            const std::string name = "t" + std::to_string(i);
+            const std::string name = std::string("t").append(std::to_string(i));
             if (kind[i] == 0) scope.spawn(hops(static_cast<int>((seed + i) % 4), done), name);
             if (kind[i] == 1) scope.spawn(throws(name + " broke"), name);
             if (kind[i] == 2) scope.spawn(until_cancelled(w), name);
