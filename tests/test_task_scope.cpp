@@ -70,6 +70,21 @@ asio::awaitable<void> ignores_cancellation() {
   co_await t.async_wait(asio::use_awaitable);
 }
 
+/// Drains `scope` on `io`, which other threads run: the report, or the
+/// drain's exception, arrives through the future.
+std::future<pm::DrainReport> drain_from_outside(asio::io_context& io, pm::TaskScope& scope,
+                                                std::chrono::nanoseconds grace, std::chrono::nanoseconds abandon) {
+  auto result = std::make_shared<std::promise<pm::DrainReport>>();
+  asio::co_spawn(io, scope.drain(grace, abandon), [result](std::exception_ptr e, pm::DrainReport r) {
+    if (e) {
+      result->set_exception(e);
+    } else {
+      result->set_value(std::move(r));
+    }
+  });
+  return result->get_future();
+}
+
 std::string what(const std::exception_ptr& e) {
   try {
     std::rethrow_exception(e);
@@ -336,15 +351,7 @@ TEST(task_scope, spawns_from_many_threads_onto_a_multi_threaded_io_context_are_a
     });
   }
   for (auto& t : spawners) t.join();
-  std::promise<pm::DrainReport> result;
-  asio::co_spawn(io, scope.drain(0s, std::chrono::nanoseconds::max()), [&](std::exception_ptr e, pm::DrainReport r) {
-    if (e) {
-      result.set_exception(e);
-    } else {
-      result.set_value(std::move(r));
-    }
-  });
-  auto fut = result.get_future();
+  auto fut = drain_from_outside(io, scope, 0s, std::chrono::nanoseconds::max());
   ASSERT_EQ(fut.wait_for(pm::test::hang_guard), std::future_status::ready);
   const auto report = fut.get();
   work.reset();
@@ -502,15 +509,7 @@ TEST(task_scope, a_cancel_racing_spawns_from_other_threads_reaches_every_task) {
     while (spawned.load() < 20) std::this_thread::yield();
     scope.cancel();  // while the spawners are mid-spawn
     for (auto& t : spawners) t.join();
-    std::promise<pm::DrainReport> result;
-    asio::co_spawn(io, scope.drain(0s, 5s), [&](std::exception_ptr e, pm::DrainReport r) {
-      if (e) {
-        result.set_exception(e);
-      } else {
-        result.set_value(std::move(r));
-      }
-    });
-    auto fut = result.get_future();
+    auto fut = drain_from_outside(io, scope, 0s, 5s);
     ASSERT_EQ(fut.wait_for(pm::test::hang_guard), std::future_status::ready);
     const auto report = fut.get();
     ASSERT_TRUE(report.abandoned.empty()) << report.abandoned.size() << " task(s) never heard the cancellation";
