@@ -13,6 +13,8 @@ std::chrono::nanoseconds backoff_delay(const Backoff& backoff, std::uint32_t att
   const auto initial = std::max<std::int64_t>(backoff.initial.count(), 0);
   const auto cap = std::max<std::int64_t>(backoff.max.count(), 0);
   std::int64_t wait = std::min(initial, cap);
+  // A floor above the cap (refused by validate) is held to the cap here.
+  const std::int64_t floor = std::clamp<std::int64_t>(backoff.min.count(), 0, cap);
   if (attempt > 1) {
     // pow overflows to infinity for a long run of failures, and a NaN factor
     // stays NaN: neither compares below the cap, so both give the cap. The
@@ -25,9 +27,10 @@ std::chrono::nanoseconds backoff_delay(const Backoff& backoff, std::uint32_t att
       wait = cap;
     }
   }
-  if (!backoff.jitter || wait <= 0) return std::chrono::nanoseconds(wait);
+  wait = std::max(wait, floor);
+  if (!backoff.jitter || wait <= floor) return std::chrono::nanoseconds(wait);
   thread_local std::minstd_rand rng{std::random_device{}()};
-  return std::chrono::nanoseconds(std::uniform_int_distribution<std::int64_t>(0, wait)(rng));
+  return std::chrono::nanoseconds(std::uniform_int_distribution<std::int64_t>(floor, wait)(rng));
 }
 
 void validate(const RestartOptions& o, const std::string& who) {
@@ -35,6 +38,8 @@ void validate(const RestartOptions& o, const std::string& who) {
   if (std::isnan(o.backoff.factor) || o.backoff.factor < 1.0) fail("backoff factor must be >= 1 (and not NaN)");
   if (o.backoff.initial.count() < 0) fail("negative initial backoff");
   if (o.backoff.max < o.backoff.initial) fail("backoff max below its initial wait");
+  if (o.backoff.min.count() < 0) fail("negative backoff min");
+  if (o.backoff.min > o.backoff.max) fail("backoff min above its max");
   if (o.reset_after.count() < 0) fail("negative reset_after");
   if (o.window.count() <= 0) fail("the intensity window must be positive");
 }
@@ -45,6 +50,9 @@ RestartIntensity::RestartIntensity(std::size_t max_restarts, std::chrono::nanose
 }
 
 bool RestartIntensity::record(std::chrono::steady_clock::time_point now) {
+  // Keeping the times would only grow the books of a child that retries
+  // forever, fast.
+  if (max_ == RestartOptions::unlimited) return true;
   // now - t never overflows for times taken from one steady clock, whereas
   // t + window does when the window is "forever".
   while (!recent_.empty() && now - recent_.front() > window_) recent_.pop_front();

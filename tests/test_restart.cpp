@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <random>
+
 #include "support.hpp"
 
 namespace {
@@ -96,6 +98,117 @@ TEST(backoff, grows_by_its_factor_up_to_its_cap_and_jitter_stays_within_the_wait
     below = below || d < 400ms;
   }
   EXPECT_TRUE(below);  // full jitter: 200 draws from [0, 400 ms] are not all the maximum
+}
+
+// The backoff against a model in exact integer arithmetic: the wait is
+// initial * factor^(k-1) capped at max and raised to min; jitter draws from
+// [min, that]. Factors are whole numbers so that the model needs no doubles.
+TEST(backoff, a_floor_holds_under_every_wait_jittered_or_not_against_a_model) {
+  std::mt19937_64 rng(20261202);
+  auto pick = [&](std::int64_t lo, std::int64_t hi) {
+    return std::uniform_int_distribution<std::int64_t>(lo, hi)(rng);
+  };
+  for (int round = 0; round < 5000; ++round) {
+    const std::int64_t initial = pick(0, 3) == 0 ? 0 : pick(0, 1'000'000);
+    const std::int64_t cap = initial + (pick(0, 3) == 0 ? 0 : pick(0, 100'000'000));
+    const std::int64_t floor = pick(0, 2) == 0 ? 0 : pick(0, cap);
+    const auto factor = static_cast<std::int64_t>(pick(1, 4));
+    const auto attempt = static_cast<std::uint32_t>(pick(1, 80));
+    const pm::Backoff b{.initial = std::chrono::nanoseconds(initial),
+                        .factor = static_cast<double>(factor),
+                        .max = std::chrono::nanoseconds(cap),
+                        .jitter = pick(0, 1) == 1,
+                        .min = std::chrono::nanoseconds(floor)};
+    std::int64_t expected = initial;
+    for (std::uint32_t k = 1; k < attempt && expected < cap; ++k) expected *= factor;
+    expected = std::max(std::min(expected, cap), floor);
+    const auto got = pm::backoff_delay(b, attempt).count();
+    const std::string what = std::string("initial ")
+                                 .append(std::to_string(initial))
+                                 .append(" factor ")
+                                 .append(std::to_string(factor))
+                                 .append(" max ")
+                                 .append(std::to_string(cap))
+                                 .append(" min ")
+                                 .append(std::to_string(floor))
+                                 .append(" attempt ")
+                                 .append(std::to_string(attempt));
+    if (b.jitter) {
+      ASSERT_GE(got, floor) << what;
+      ASSERT_LE(got, expected) << what;
+    } else {
+      ASSERT_EQ(got, expected) << what;
+    }
+    EXPECT_NO_THROW(pm::validate(RestartOptions{.backoff = b}, "svc")) << what;
+  }
+}
+
+TEST(backoff, jitter_with_a_floor_spreads_over_the_whole_range_and_a_floor_at_the_cap_pins_it) {
+  const pm::Backoff b{.initial = 100ms, .factor = 2.0, .max = 1s, .jitter = true, .min = 300ms};
+  bool low = false;
+  bool high = false;
+  for (int i = 0; i < 2000; ++i) {
+    const auto d = pm::backoff_delay(b, 3);  // in [300 ms, 400 ms]
+    ASSERT_GE(d, 300ms);
+    ASSERT_LE(d, 400ms);
+    low = low || d < 320ms;
+    high = high || d > 380ms;
+  }
+  EXPECT_TRUE(low && high);
+  // A floor above the grown wait raises it, jitter or not.
+  EXPECT_EQ(pm::backoff_delay(pm::Backoff{.initial = 10ms, .max = 1s, .min = 50ms}, 1), 50ms);
+  EXPECT_EQ(pm::backoff_delay(pm::Backoff{.initial = 10ms, .max = 1s, .jitter = true, .min = 50ms}, 1), 50ms);
+  EXPECT_EQ(pm::backoff_delay(pm::Backoff{.initial = 1s, .max = 1s, .jitter = true, .min = 1s}, 9), 1s);
+  // Out of range: validate names the service; backoff_delay alone still
+  // never waits above the cap or below zero.
+  EXPECT_EQ(pm::backoff_delay(pm::Backoff{.initial = 10ms, .max = 20ms, .min = 1h}, 1), 20ms);
+  EXPECT_EQ(pm::backoff_delay(pm::Backoff{.initial = 10ms, .max = 20ms, .min = -1h}, 1), 10ms);
+  for (const auto& bad :
+       {pm::Backoff{.initial = 10ms, .max = 20ms, .min = 21ms}, pm::Backoff{.initial = 10ms, .max = 20ms, .min = -1ns},
+        pm::Backoff{.initial = 0ms, .max = 0ms, .min = std::chrono::nanoseconds::max()}}) {
+    try {
+      pm::validate(RestartOptions{.backoff = bad}, "api/cache");
+      ADD_FAILURE() << "accepted min " << bad.min.count();
+    } catch (const std::invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find("api/cache"), std::string::npos) << e.what();
+    }
+  }
+}
+
+TEST(restart_intensity, unlimited_never_gives_up_and_keeps_no_books_while_zero_gives_up_at_once) {
+  pm::RestartIntensity forever(RestartOptions::unlimited, std::chrono::nanoseconds::max());
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < 100000; ++i) ASSERT_TRUE(forever.record(t0));
+  pm::RestartIntensity none(0, 1s);
+  EXPECT_FALSE(none.record(t0));
+  const auto o = RestartOptions::forever();
+  EXPECT_EQ(o.max_restarts, RestartOptions::unlimited);
+  EXPECT_EQ(o.policy, RestartPolicy::transient);
+  EXPECT_EQ(RestartOptions::forever({}, RestartPolicy::permanent).policy, RestartPolicy::permanent);
+  EXPECT_NO_THROW(pm::validate(o, "svc"));
+}
+
+TEST(restart_supervisor, retry_forever_in_one_line_outlasts_any_intensity_with_no_wait) {
+  // 3,000 failures in a row with no wait at all: far past any window a
+  // limited intensity could count, and the supervisor still restarts.
+  auto child = std::make_shared<Flaky>(3000);
+  auto sup = std::make_shared<RestartSupervisor>(child, RestartOptions::forever({.initial = 0ms, .max = 0ms}));
+  EXPECT_EQ(supervise(sup, child, 3001, [](pm::ProcessManager& m) { m.process_handle()->request_shutdown(); }),
+            nullptr);
+  EXPECT_EQ(sup->restarts(), 3000u);
+  EXPECT_EQ(child->runs, 3001);
+}
+
+TEST(restart_supervisor, a_backoff_floor_is_waited_even_under_full_jitter) {
+  auto child = std::make_shared<Flaky>(6);
+  auto sup = std::make_shared<RestartSupervisor>(
+      child, RestartOptions::forever({.initial = 2ms, .factor = 2.0, .max = 40ms, .jitter = true, .min = 2ms}));
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_EQ(supervise(sup, child, 7, [](pm::ProcessManager& m) { m.process_handle()->request_shutdown(); }), nullptr);
+  // Six waits of at least 2 ms each happened, whatever the draws were.
+  EXPECT_GE(std::chrono::steady_clock::now() - start, 12ms);
+  EXPECT_GE(sup->last_backoff(), 2ms);
+  EXPECT_LE(sup->last_backoff(), 40ms);
 }
 
 TEST(restart_supervisor, restarts_a_failing_child_with_exponential_backoff) {

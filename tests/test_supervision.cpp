@@ -372,6 +372,28 @@ TEST(strategy, a_child_waiting_for_its_restart_is_counted_but_not_running) {
   EXPECT_EQ(run.finish(), nullptr);
 }
 
+// Retry forever, both ways the docs give it: under stop_all the child's own
+// RestartOptions::forever() is the whole story; under one_for_one the
+// manager's intensity must be unlimited too. 400 failures with no wait at
+// all outrun any counted intensity, and the managers never give up.
+TEST(strategy, retry_forever_outlasts_any_intensity_under_stop_all_and_one_for_one) {
+  for (const auto strategy : {Strategy::stop_all, Strategy::one_for_one}) {
+    auto j = std::make_shared<Journal>();
+    auto flaky = std::make_shared<Probe>("flaky", j, Behaviour{.fail_first_runs = 400});
+    ProcessManagerBuilder b;
+    b.name("m").strategy(strategy).pre_insert(
+        flaky, ChildOptions{.restart = RestartOptions::forever({.initial = 0ms, .max = 0ms})});
+    if (strategy != Strategy::stop_all) b.intensity(RestartOptions::unlimited, std::chrono::hours(1));
+    auto m = b.build();
+    Running run(m);
+    ASSERT_TRUE(j->wait_for("start flaky", 401));
+    ASSERT_TRUE(run.wait_ready());
+    EXPECT_EQ(m->status().children.at(0).restarts, 400u);
+    run.stop();
+    EXPECT_EQ(run.finish(), nullptr);
+  }
+}
+
 TEST(strategy, one_for_all_stops_the_others_and_restarts_all) {
   Trio t;
   auto m = t.build(Strategy::one_for_all);
