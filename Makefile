@@ -9,13 +9,14 @@
 #   make docs                  the API reference with doxygen (warnings fail it)
 #   make release-check         the whole tree (library, tests, examples, benchmarks) built in Release
 #   make no-deprecated-check   the library compiled with BOOST_ASIO_NO_DEPRECATED
+#   make deb                   the Debian package libprocessmanager-dev (build-deb/)
 BUILD    ?= build
 BUILD_REL ?= build-release
 JOBS     ?= $(shell nproc)
 DEMO_FOR ?= 5s
 
 .PHONY: all deps configure build test demo bench clean asan clang-asan tsan tidy format format-check stress soak docs \
-	release-check no-deprecated-check
+	release-check no-deprecated-check deb
 
 STRESS_RUNS ?= 1000
 SOAK_CYCLES ?= 10000
@@ -118,6 +119,12 @@ docs: deps
 	@test ! -s build-docs/warnings.log || { cat build-docs/warnings.log; exit 1; }
 	@echo "API reference: build-docs/html/index.html (no warnings)"
 
+# libprocessmanager-dev: the static and the shared library (Release), the
+# headers, the CMake package, the pkg-config file and the examples' sources.
+#   apt-get install ./build-deb/libprocessmanager-dev_*.deb
+deb: deps
+	JOBS=$(JOBS) bash scripts/package-deb.sh build-deb
+
 format:
 	clang-format -i $(SOURCES)
 
@@ -134,4 +141,4 @@ soak: build
 
 clean:
 	rm -rf $(BUILD) $(BUILD_REL) $(BUILD_RELCHECK) $(BUILD_NODEP) build-asan build-clang-asan build-tsan build-tidy \
-	  build-docs
+	  build-docs build-deb

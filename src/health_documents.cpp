@@ -63,13 +63,6 @@ class DocumentBuilder {
   std::string text_;
 };
 
-// g++ 12 at -O1 (the TSan build) warns that this coroutine's frame, made
-// by Asio's aligned operator new, is freed by a mismatched operator delete:
-// Asio pairs them itself (awaitable_frame_base), and the warning is false.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
-#endif
 /// Builds documents of one kind one at a time, each in slices that give
 /// the executor back in between, for the requests waiting; ends when none
 /// waits.
@@ -107,9 +100,6 @@ asio::awaitable<void> build_documents(std::shared_ptr<State> s, DocumentQueue* q
     q->serving.clear();
   }
 }
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
 
 }  // namespace
 

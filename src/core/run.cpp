@@ -528,15 +528,6 @@ void start_or_fail(const std::shared_ptr<ManagerRun>& run, const std::shared_ptr
   run->core->flush();
 }
 
-// GCC 12 at -O1 (the sanitizer builds) warns that this coroutine frame's
-// operator delete does not match its operator new: both are Asio's
-// awaitable_frame_base members, so the warning is a GCC false positive on
-// coroutine frames (it appears and disappears with unrelated edits of the
-// body), and it is silenced for this function alone.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
-#endif
 asio::awaitable<void> run_manager(std::shared_ptr<ManagerCore> core) {
   co_await asio::this_coro::throw_if_cancelled(false);
   auto ex = co_await asio::this_coro::executor;
@@ -730,8 +721,5 @@ asio::awaitable<void> run_manager(std::shared_ptr<ManagerCore> core) {
                        std::move(first.reason), std::move(not_stopped));
   }
 }
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
 
 }  // namespace pm::detail
