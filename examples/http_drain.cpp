@@ -303,6 +303,7 @@ void check_common(const char* name, const Outcome& out, std::vector<std::string>
   if (out.exit_code != 0) fail(std::string("pm::run returned ").append(std::to_string(out.exit_code)));
   for (const Seen& s : out.idle) {
     if (s.after != asio::error::eof) fail(std::string("an idle client saw ").append(s.after.message()));
+    if (s.closed < out.stop) fail("an idle client was closed before the stop");
     if (s.closed - out.stop > 1s)
       fail(std::string("an idle client was closed after ")
                .append(std::to_string(ms(s.closed - out.stop)))

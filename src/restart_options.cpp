@@ -15,7 +15,9 @@ std::chrono::nanoseconds backoff_delay(const Backoff& backoff, std::uint32_t att
   std::int64_t wait = std::min(initial, cap);
   // A floor above the cap (refused by validate) is held to the cap here.
   const std::int64_t floor = std::clamp<std::int64_t>(backoff.min.count(), 0, cap);
-  if (attempt > 1) {
+  // Nothing grows from zero: 0 * factor^k is 0 even where factor^k
+  // overflows to infinity, whose product with 0 would be NaN, and so the cap.
+  if (attempt > 1 && initial > 0) {
     // pow overflows to infinity for a long run of failures, and a NaN factor
     // stays NaN: neither compares below the cap, so both give the cap. The
     // comparison happens in double, before any conversion back to integers,

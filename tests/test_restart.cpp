@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <limits>
 #include <random>
 
 #include "support.hpp"
@@ -113,7 +114,8 @@ TEST(backoff, a_floor_holds_under_every_wait_jittered_or_not_against_a_model) {
     const std::int64_t cap = initial + (pick(0, 3) == 0 ? 0 : pick(0, 100'000'000));
     const std::int64_t floor = pick(0, 2) == 0 ? 0 : pick(0, cap);
     const auto factor = static_cast<std::int64_t>(pick(1, 4));
-    const auto attempt = static_cast<std::uint32_t>(pick(1, 80));
+    // Past 1024, 2^(k-1) overflows a double: the growth saturates there.
+    const auto attempt = static_cast<std::uint32_t>(pick(0, 9) == 0 ? pick(1000, 3000) : pick(1, 80));
     const pm::Backoff b{.initial = std::chrono::nanoseconds(initial),
                         .factor = static_cast<double>(factor),
                         .max = std::chrono::nanoseconds(cap),
@@ -155,6 +157,18 @@ TEST(backoff, jitter_with_a_floor_spreads_over_the_whole_range_and_a_floor_at_th
     high = high || d > 380ms;
   }
   EXPECT_TRUE(low && high);
+  // Nothing grows from zero, however far factor^k overflows (2^1024 is
+  // infinite in a double, and 0 times that is NaN): the floor, or nothing.
+  for (const double factor : {2.0, 10.0, std::numeric_limits<double>::infinity()}) {
+    for (const std::uint32_t k : {2u, 1024u, 1025u, 100000u, std::numeric_limits<std::uint32_t>::max()}) {
+      EXPECT_EQ(pm::backoff_delay(pm::Backoff{.initial = 0ms, .factor = factor, .max = 30s}, k), 0ms)
+          << factor << " " << k;
+      EXPECT_EQ(
+          pm::backoff_delay(pm::Backoff{.initial = 0ms, .factor = factor, .max = 30s, .jitter = true, .min = 5ms}, k),
+          5ms)
+          << factor << " " << k;
+    }
+  }
   // A floor above the grown wait raises it, jitter or not.
   EXPECT_EQ(pm::backoff_delay(pm::Backoff{.initial = 10ms, .max = 1s, .min = 50ms}, 1), 50ms);
   EXPECT_EQ(pm::backoff_delay(pm::Backoff{.initial = 10ms, .max = 1s, .jitter = true, .min = 50ms}, 1), 50ms);
