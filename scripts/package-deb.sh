@@ -8,7 +8,9 @@ src=$(cd "$(dirname "$0")/.." && pwd)
 out=$(mkdir -p "${1:-$src/build-deb}" && cd "${1:-$src/build-deb}" && pwd)
 jobs=${JOBS:-$(nproc)}
 # /usr as the prefix gives Debian's multiarch libdir (lib/x86_64-linux-gnu).
-common=(-G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_INSTALL_PREFIX=/usr -DPM_INSTALL=ON
+# PM_DEB_BUILD_TYPE: the test suite packs an unoptimised build, which
+# compiles in half the time and has the same files and exports.
+common=(-G Ninja "-DCMAKE_BUILD_TYPE=${PM_DEB_BUILD_TYPE-Release}" -DCMAKE_INSTALL_PREFIX=/usr -DPM_INSTALL=ON
         -DPM_BUILD_TESTS=OFF -DPM_BUILD_EXAMPLES=OFF -DPM_BUILD_BENCH=OFF)
 for variant in static shared; do
   shared=OFF
